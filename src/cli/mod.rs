@@ -1,0 +1,169 @@
+//! The command line: `run`, `validate`, `explain`, `demo`.
+//!
+//! Exit codes: 0 success, 1 invalid input or refused, 2 usage error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::observe;
+use crate::server::{Gateway, watch_config};
+
+mod explain;
+
+/// Portcullis, a security-first integration gateway.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the gateway with a config file.
+    Run {
+        /// Config file (YAML).
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Check a config file; print each error as FILE:LINE:COL: field.path: message.
+    Validate {
+        /// Config file (YAML).
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+    },
+    /// Show which route a request would take, and why the others did not match.
+    Explain {
+        /// Config file (YAML).
+        #[arg(short = 'c', long = "config")]
+        config: PathBuf,
+        /// Request method, like GET.
+        method: String,
+        /// Request URL: http://host/path?query, or just /path.
+        url: String,
+        /// A request header, 'Name: value' (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Start the gateway on examples/quickstart.yaml with two built-in sample backends.
+    Demo {
+        /// Config file (defaults to examples/quickstart.yaml, or a built-in copy of it).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.cmd {
+        Cmd::Validate { config } => validate(&config),
+        Cmd::Explain { config, method, url, headers } => explain::run(&config, &method, &url, &headers),
+        Cmd::Run { config } => {
+            observe::init_logging();
+            match load_or_report(&config) {
+                Some(cfg) => run(cfg, Some(config), None),
+                None => ExitCode::from(1),
+            }
+        }
+        Cmd::Demo { config } => {
+            observe::init_logging();
+            crate::demo::run(config)
+        }
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(_) => {
+            eprintln!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            for e in &errs.0 {
+                println!("{e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub(crate) fn load_or_report(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(c) => Some(c),
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            None
+        }
+    }
+}
+
+/// Build the runtime the config asks for and serve until SIGTERM or SIGINT.
+/// `on_ready` runs once the listeners are bound.
+pub(crate) fn run(cfg: Config, path: Option<PathBuf>, on_ready: Option<Box<dyn FnOnce(&Gateway) + Send>>) -> ExitCode {
+    let workers = cfg.node.workers.map(|w| w.get());
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers
+        && n > 1
+    {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(serve(cfg, path, on_ready))
+}
+
+async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<Box<dyn FnOnce(&Gateway) + Send>>) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    let grace = cfg.node.shutdown_grace;
+    let node = cfg.node.name.clone();
+    let gw = match Gateway::start(cfg, path).await {
+        Ok(gw) => gw,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    tokio::spawn(watch_config(gw.clone()));
+    tracing::info!(node = %node, config_version = gw.snapshot().version, "Portcullis started");
+    if let Some(f) = on_ready {
+        f(&gw);
+    }
+    let sig = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = sig, grace_ms = grace.as_millis() as u64, "Shutting down: no new connections, draining requests");
+    if gw.shutdown(grace).await {
+        tracing::info!("Drained; bye");
+    } else {
+        tracing::warn!("Grace period over with requests still in flight; closing them");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,660 @@
+//! Turns the YAML tree into a [`Config`], collecting every error with its position.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::model::*;
+use super::pattern::{HostPattern, PathPattern};
+use super::units::{parse_duration, parse_size};
+use super::yaml::{Kind, Node, Pos};
+use super::{ConfigError, ConfigErrors};
+
+struct Decoder<'a> {
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Decoder<'_> {
+    fn err(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            pos,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+/// The entries of one mapping, with a record of which keys were read.
+struct Fields<'n> {
+    path: String,
+    entries: &'n [(Node, Node)],
+    used: Vec<bool>,
+    known: Vec<&'static str>,
+}
+
+fn key_str(n: &Node) -> &str {
+    match &n.kind {
+        Kind::Scalar { value, .. } => value,
+        _ => "",
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+impl<'n> Fields<'n> {
+    fn new(d: &mut Decoder<'_>, node: &'n Node, path: &str) -> Option<Self> {
+        match &node.kind {
+            Kind::Map(entries) => {
+                let mut seen: HashMap<&str, ()> = HashMap::new();
+                for (k, _) in entries {
+                    if seen.insert(key_str(k), ()).is_some() {
+                        d.err(k.pos, &join(path, key_str(k)), "duplicate key");
+                    }
+                }
+                Some(Fields { path: path.to_string(), entries, used: vec![false; entries.len()], known: Vec::new() })
+            }
+            _ => {
+                d.err(node.pos, path, format!("expected a mapping, found {}", node.type_name()));
+                None
+            }
+        }
+    }
+
+    /// The value under `key`, if present and not null.
+    fn get(&mut self, key: &'static str) -> Option<(&'n Node, String)> {
+        self.known.push(key);
+        let i = self.entries.iter().position(|(k, _)| key_str(k) == key)?;
+        self.used[i] = true;
+        let v = &self.entries[i].1;
+        if v.is_null() { None } else { Some((v, join(&self.path, key))) }
+    }
+
+    /// Refuse a key that names a capability this version does not have yet.
+    fn unsupported(&mut self, d: &mut Decoder<'_>, key: &'static str, what: &str) {
+        self.known.push(key);
+        if let Some(i) = self.entries.iter().position(|(k, _)| key_str(k) == key) {
+            self.used[i] = true;
+            let k = &self.entries[i].0;
+            d.err(k.pos, &join(&self.path, key), format!("{what} is not supported yet in this version of Portcullis"));
+        }
+    }
+
+    /// Report every key that was never asked for.
+    fn finish(self, d: &mut Decoder<'_>) {
+        for (i, (k, _)) in self.entries.iter().enumerate() {
+            if !self.used[i] && !self.known.contains(&key_str(k)) {
+                let mut known = self.known.clone();
+                known.sort_unstable();
+                known.dedup();
+                d.err(
+                    k.pos,
+                    &join(&self.path, key_str(k)),
+                    format!("unknown field `{}`; expected one of: {}", key_str(k), known.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+fn scalar<'n>(d: &mut Decoder<'_>, node: &'n Node, path: &str) -> Option<&'n str> {
+    match &node.kind {
+        Kind::Scalar { value, .. } => Some(value),
+        _ => {
+            d.err(node.pos, path, format!("expected a value, found {}", node.type_name()));
+            None
+        }
+    }
+}
+
+fn name(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = scalar(d, node, path)?;
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        d.err(node.pos, path, format!("invalid name `{s}`: 1-64 letters, digits, `-`, `_` or `.`"));
+        return None;
+    }
+    Some(s.to_string())
+}
+
+fn boolean(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<bool> {
+    match scalar(d, node, path)? {
+        "true" => Some(true),
+        "false" => Some(false),
+        other => {
+            d.err(node.pos, path, format!("expected true or false, found `{other}`"));
+            None
+        }
+    }
+}
+
+fn duration(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Duration> {
+    let s = scalar(d, node, path)?;
+    match parse_duration(s) {
+        Ok(v) if v.is_zero() => {
+            d.err(node.pos, path, "must be greater than zero");
+            None
+        }
+        Ok(v) => Some(v),
+        Err(e) => {
+            d.err(node.pos, path, e);
+            None
+        }
+    }
+}
+
+fn size(d: &mut Decoder<'_>, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
+    let s = scalar(d, node, path)?;
+    match parse_size(s) {
+        Ok(v) if v < min || v > max => {
+            d.err(node.pos, path, format!("must be between {min} and {max} bytes"));
+            None
+        }
+        Ok(v) => Some(v),
+        Err(e) => {
+            d.err(node.pos, path, e);
+            None
+        }
+    }
+}
+
+fn integer(d: &mut Decoder<'_>, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
+    let s = scalar(d, node, path)?;
+    match s.parse::<u64>() {
+        Ok(v) if (min..=max).contains(&v) => Some(v),
+        _ => {
+            d.err(node.pos, path, format!("expected a whole number from {min} to {max}, found `{s}`"));
+            None
+        }
+    }
+}
+
+fn seq<'n>(d: &mut Decoder<'_>, node: &'n Node, path: &str) -> &'n [Node] {
+    match &node.kind {
+        Kind::Seq(items) => items,
+        _ => {
+            d.err(node.pos, path, format!("expected a list, found {}", node.type_name()));
+            &[]
+        }
+    }
+}
+
+/// Decode and validate a whole file. `file` is the name used in error messages.
+pub(super) fn decode(file: &str, root: Option<&Node>) -> Result<Config, ConfigErrors> {
+    let mut d = Decoder { file, errors: Vec::new() };
+    let top = Pos { line: 1, col: 1 };
+    let Some(root) = root else {
+        d.err(top, "version", "the file is empty; it needs at least `version: 1`");
+        return Err(ConfigErrors(d.errors));
+    };
+    let cfg = decode_root(&mut d, root);
+    match cfg {
+        Some(c) if d.errors.is_empty() => Ok(c),
+        _ => {
+            d.errors.sort_by_key(|e| (e.pos.line, e.pos.col));
+            Err(ConfigErrors(d.errors))
+        }
+    }
+}
+
+fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
+    let mut f = Fields::new(d, root, "")?;
+    match f.get("version") {
+        Some((n, p)) => {
+            if let Some(v) = scalar(d, n, &p)
+                && v != "1"
+            {
+                d.err(n.pos, &p, format!("unsupported version `{v}`; this Portcullis reads version 1"));
+            }
+        }
+        None => d.err(root.pos, "version", "missing `version: 1`"),
+    }
+    let node = match f.get("node") {
+        Some((n, p)) => decode_node(d, n, &p),
+        None => Some(default_node()),
+    };
+    let listeners = match f.get("listeners") {
+        Some((n, p)) => decode_listeners(d, n, &p),
+        None => {
+            d.err(root.pos, "listeners", "at least one listener is required");
+            Vec::new()
+        }
+    };
+    let upstreams = match f.get("upstreams") {
+        Some((n, p)) => decode_upstreams(d, n, &p),
+        None => Vec::new(),
+    };
+    let routes = match f.get("routes") {
+        Some((n, p)) => decode_routes(d, n, &p, &upstreams),
+        None => Vec::new(),
+    };
+    f.unsupported(d, "admin", "the admin API");
+    f.unsupported(d, "auth", "authentication (`auth`)");
+    f.unsupported(d, "protection", "`protection` (bans, IP rules)");
+    f.unsupported(d, "observability", "`observability` (access log, tracing)");
+    f.unsupported(d, "cluster", "`cluster`");
+    f.finish(d);
+    Some(Config {
+        node: node?,
+        listeners,
+        upstreams: upstreams.into_iter().map(|(u, _)| u).collect(),
+        routes,
+    })
+}
+
+fn default_node() -> NodeConfig {
+    NodeConfig { name: "portcullis".into(), workers: None, shutdown_grace: Duration::from_secs(30) }
+}
+
+fn decode_node(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<NodeConfig> {
+    let mut out = default_node();
+    let mut f = Fields::new(d, node, path)?;
+    if let Some((n, p)) = f.get("name")
+        && let Some(v) = name(d, n, &p)
+    {
+        out.name = v;
+    }
+    if let Some((n, p)) = f.get("workers")
+        && let Some(v) = scalar(d, n, &p)
+    {
+        if v != "auto" {
+            match v.parse::<usize>().ok().filter(|x| (1..=1024).contains(x)).and_then(NonZeroUsize::new) {
+                Some(w) => out.workers = Some(w),
+                None => d.err(n.pos, &p, format!("expected `auto` or a number of threads from 1 to 1024, found `{v}`")),
+            }
+        }
+    }
+    if let Some((n, p)) = f.get("shutdown_grace")
+        && let Some(v) = duration(d, n, &p)
+    {
+        out.shutdown_grace = v;
+    }
+    f.unsupported(d, "store", "`node.store` (the embedded store)");
+    f.finish(d);
+    Some(out)
+}
+
+fn decode_listeners(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<ListenerConfig> {
+    let mut out: Vec<ListenerConfig> = Vec::new();
+    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut binds: HashMap<SocketAddr, ()> = HashMap::new();
+    let items = seq(d, node, path);
+    if items.is_empty() && matches!(node.kind, Kind::Seq(_)) {
+        d.err(node.pos, path, "at least one listener is required");
+    }
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{path}[{i}]");
+        let Some(mut f) = Fields::new(d, item, &ip) else { continue };
+        let lname = match f.get("name") {
+            Some((n, p)) => {
+                let v = name(d, n, &p);
+                if let Some(v) = &v
+                    && names.insert(v.clone(), ()).is_some()
+                {
+                    d.err(n.pos, &p, format!("duplicate listener name `{v}`"));
+                }
+                v
+            }
+            None => {
+                d.err(item.pos, &join(&ip, "name"), "missing field `name`");
+                None
+            }
+        };
+        let bind = match f.get("bind") {
+            Some((n, p)) => scalar(d, n, &p).and_then(|s| match s.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if a.port() != 0 && binds.insert(a, ()).is_some() {
+                        d.err(n.pos, &p, format!("address {a} is bound by another listener"));
+                    }
+                    Some(a)
+                }
+                Err(_) => {
+                    d.err(n.pos, &p, format!("invalid bind address `{s}`: expected IP:PORT like 0.0.0.0:8080 or [::]:8080"));
+                    None
+                }
+            }),
+            None => {
+                d.err(item.pos, &join(&ip, "bind"), "missing field `bind`");
+                None
+            }
+        };
+        let limits = match f.get("limits") {
+            Some((n, p)) => decode_limits(d, n, &p),
+            None => ListenerLimits::default(),
+        };
+        f.unsupported(d, "tls", "TLS termination (`tls`)");
+        f.finish(d);
+        if let (Some(name), Some(bind)) = (lname, bind) {
+            out.push(ListenerConfig { name, bind, limits });
+        }
+    }
+    out
+}
+
+fn decode_limits(d: &mut Decoder<'_>, node: &Node, path: &str) -> ListenerLimits {
+    let mut l = ListenerLimits::default();
+    let Some(mut f) = Fields::new(d, node, path) else { return l };
+    macro_rules! dur {
+        ($key:literal, $field:ident) => {
+            if let Some((n, p)) = f.get($key)
+                && let Some(v) = duration(d, n, &p)
+            {
+                l.$field = v;
+            }
+        };
+    }
+    dur!("header_timeout", header_timeout);
+    dur!("body_timeout", body_timeout);
+    dur!("idle_timeout", idle_timeout);
+    if let Some((n, p)) = f.get("max_header_bytes")
+        && let Some(v) = size(d, n, &p, 1024, 1024 * 1024)
+    {
+        l.max_header_bytes = v as usize;
+    }
+    if let Some((n, p)) = f.get("max_body_bytes")
+        && let Some(v) = size(d, n, &p, 0, 1 << 40)
+    {
+        l.max_body_bytes = v;
+    }
+    if let Some((n, p)) = f.get("max_connections_per_ip")
+        && let Some(v) = integer(d, n, &p, 1, 1_000_000)
+    {
+        l.max_connections_per_ip = v as u32;
+    }
+    if let Some((n, p)) = f.get("max_connections")
+        && let Some(v) = integer(d, n, &p, 1, 1_000_000)
+    {
+        l.max_connections = v as u32;
+    }
+    f.finish(d);
+    l
+}
+
+fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(UpstreamConfig, Pos)> {
+    let mut out = Vec::new();
+    let mut names: HashMap<String, ()> = HashMap::new();
+    for (i, item) in seq(d, node, path).iter().enumerate() {
+        let ip = format!("{path}[{i}]");
+        let Some(mut f) = Fields::new(d, item, &ip) else { continue };
+        let uname = match f.get("name") {
+            Some((n, p)) => {
+                let v = name(d, n, &p);
+                if let Some(v) = &v
+                    && names.insert(v.clone(), ()).is_some()
+                {
+                    d.err(n.pos, &p, format!("duplicate upstream name `{v}`"));
+                }
+                v
+            }
+            None => {
+                d.err(item.pos, &join(&ip, "name"), "missing field `name`");
+                None
+            }
+        };
+        let mut balance = Some(Balance::RoundRobin);
+        if let Some((n, p)) = f.get("balance") {
+            balance = match scalar(d, n, &p) {
+                Some("round_robin") => Some(Balance::RoundRobin),
+                Some(b @ ("weighted" | "least_request" | "consistent_hash" | "random")) => {
+                    d.err(n.pos, &p, format!("balance `{b}` is not supported yet in this version of Portcullis (round_robin is)"));
+                    None
+                }
+                Some(other) => {
+                    d.err(n.pos, &p, format!("unknown balance `{other}`; expected round_robin"));
+                    None
+                }
+                None => None,
+            };
+        }
+        let mut targets = Vec::new();
+        match f.get("targets") {
+            Some((n, p)) => {
+                let items = seq(d, n, &p);
+                if items.is_empty() && matches!(n.kind, Kind::Seq(_)) {
+                    d.err(n.pos, &p, "at least one target is required");
+                }
+                for (j, t) in items.iter().enumerate() {
+                    let tp = format!("{p}[{j}]");
+                    if let Some(t) = decode_target(d, t, &tp) {
+                        targets.push(t);
+                    }
+                }
+            }
+            None => d.err(item.pos, &join(&ip, "targets"), "missing field `targets`"),
+        }
+        let (mut connect, mut response) = (Duration::from_secs(2), Duration::from_secs(30));
+        if let Some((n, p)) = f.get("timeouts")
+            && let Some(mut tf) = Fields::new(d, n, &p)
+        {
+            if let Some((n, p)) = tf.get("connect")
+                && let Some(v) = duration(d, n, &p)
+            {
+                connect = v;
+            }
+            if let Some((n, p)) = tf.get("response")
+                && let Some(v) = duration(d, n, &p)
+            {
+                response = v;
+            }
+            tf.unsupported(d, "idle", "`timeouts.idle`");
+            tf.finish(d);
+        }
+        f.unsupported(d, "hash_on", "`hash_on` (consistent hashing)");
+        f.unsupported(d, "backup", "`backup` targets");
+        f.unsupported(d, "health", "health checking (`health`)");
+        f.unsupported(d, "retries", "`retries`");
+        f.unsupported(d, "limits", "upstream `limits` (circuit breaking)");
+        f.unsupported(d, "tls", "TLS to upstreams (`tls`)");
+        f.finish(d);
+        // An upstream with a bad field is still recorded by name, so routes naming it do not
+        // get a second, misleading error; the config is refused either way.
+        if let Some(name) = uname {
+            let balance = balance.unwrap_or(Balance::RoundRobin);
+            out.push((
+                UpstreamConfig { name, balance, targets, connect_timeout: connect, response_timeout: response },
+                item.pos,
+            ));
+        }
+    }
+    out
+}
+
+fn decode_target(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<TargetConfig> {
+    let mut f = Fields::new(d, node, path)?;
+    let target = match f.get("url") {
+        Some((n, p)) => {
+            let s = scalar(d, n, &p)?;
+            match parse_target_url(s) {
+                Ok(a) => Some(TargetConfig { authority: a }),
+                Err(e) => {
+                    d.err(n.pos, &p, e);
+                    None
+                }
+            }
+        }
+        None => {
+            d.err(node.pos, &join(path, "url"), "missing field `url`");
+            None
+        }
+    };
+    f.unsupported(d, "weight", "`weight` (weighted balancing)");
+    f.finish(d);
+    target
+}
+
+fn parse_target_url(s: &str) -> Result<http::uri::Authority, String> {
+    let uri: http::Uri = s.parse().map_err(|_| format!("invalid URL `{s}`"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err("https targets are not supported yet in this version of Portcullis".into()),
+        _ => return Err(format!("invalid URL `{s}`: expected http://HOST:PORT")),
+    }
+    let auth = uri.authority().ok_or_else(|| format!("invalid URL `{s}`: no host"))?.clone();
+    if auth.as_str().contains('@') {
+        return Err(format!("invalid URL `{s}`: credentials in URLs are not allowed"));
+    }
+    if auth.host().is_empty() {
+        return Err(format!("invalid URL `{s}`: no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("invalid URL `{s}`: a target is scheme://host:port, without a path or query"));
+    }
+    if auth.port_u16().is_none() {
+        return format!("{}:80", auth.host()).parse().map_err(|_| format!("invalid URL `{s}`"));
+    }
+    Ok(auth)
+}
+
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+
+fn decode_routes(d: &mut Decoder<'_>, node: &Node, path: &str, upstreams: &[(UpstreamConfig, Pos)]) -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    let mut names: HashMap<String, ()> = HashMap::new();
+    for (i, item) in seq(d, node, path).iter().enumerate() {
+        let ip = format!("{path}[{i}]");
+        let Some(mut f) = Fields::new(d, item, &ip) else { continue };
+        let rname = match f.get("name") {
+            Some((n, p)) => {
+                let v = name(d, n, &p);
+                if let Some(v) = &v
+                    && names.insert(v.clone(), ()).is_some()
+                {
+                    d.err(n.pos, &p, format!("duplicate route name `{v}`"));
+                }
+                v
+            }
+            None => {
+                d.err(item.pos, &join(&ip, "name"), "missing field `name`");
+                None
+            }
+        };
+        let matched = match f.get("match") {
+            Some((n, p)) => decode_match(d, n, &p),
+            None => {
+                d.err(item.pos, &join(&ip, "match"), "missing field `match`");
+                None
+            }
+        };
+        let upstream = match f.get("upstream") {
+            Some((n, p)) => scalar(d, n, &p).and_then(|s| {
+                let idx = upstreams.iter().position(|(u, _)| u.name == s);
+                if idx.is_none() {
+                    d.err(n.pos, &p, format!("unknown upstream `{s}`"));
+                }
+                idx
+            }),
+            None => {
+                d.err(item.pos, &join(&ip, "upstream"), "missing field `upstream`");
+                None
+            }
+        };
+        let public = match f.get("public") {
+            Some((n, p)) => boolean(d, n, &p),
+            None => Some(false),
+        };
+        let public_pos = item.pos;
+        f.unsupported(d, "auth", "route authentication (`auth`)");
+        f.unsupported(d, "allow", "authorisation (`allow`)");
+        f.unsupported(d, "rate_limit", "`rate_limit`");
+        f.unsupported(d, "quota", "`quota`");
+        f.unsupported(d, "contract", "contract validation (`contract`)");
+        f.unsupported(d, "version", "API versions (`version`)");
+        f.finish(d);
+        if public == Some(false) {
+            d.err(
+                public_pos,
+                &join(&ip, "public"),
+                "a route must authenticate its callers; authentication is not supported yet in this version, so every route must say `public: true`",
+            );
+        }
+        if let (Some(name), Some((host, path, methods, headers)), Some(upstream)) = (rname, matched, upstream) {
+            out.push(RouteConfig { name, host, path, methods, headers, upstream, public: public == Some(true) });
+        }
+    }
+    out
+}
+
+type Match = (Option<HostPattern>, PathPattern, Vec<Method>, Vec<(HeaderName, HeaderValue)>);
+
+fn decode_match(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Match> {
+    let mut f = Fields::new(d, node, path)?;
+    let mut ok = true;
+    let host = f.get("host").and_then(|(n, p)| {
+        let s = scalar(d, n, &p)?;
+        HostPattern::parse(s).map_err(|e| d.err(n.pos, &p, e)).ok().or_else(|| {
+            ok = false;
+            None
+        })
+    });
+    let exact = f.get("path");
+    let prefix = f.get("prefix");
+    let pattern = match (exact, prefix) {
+        (Some((n, p)), None) => scalar(d, n, &p).and_then(|s| PathPattern::parse_path(s).map_err(|e| d.err(n.pos, &p, e)).ok()),
+        (None, Some((n, p))) => scalar(d, n, &p).and_then(|s| PathPattern::parse_prefix(s).map_err(|e| d.err(n.pos, &p, e)).ok()),
+        (Some(_), Some((n, p))) => {
+            d.err(n.pos, &p, "give either `path` or `prefix`, not both");
+            None
+        }
+        (None, None) => {
+            d.err(node.pos, path, "a match needs `path` (exact or template) or `prefix`");
+            None
+        }
+    };
+    let mut methods = Vec::new();
+    if let Some((n, p)) = f.get("methods") {
+        for (i, m) in seq(d, n, &p).iter().enumerate() {
+            let mp = format!("{p}[{i}]");
+            let Some(s) = scalar(d, m, &mp) else { continue };
+            if !KNOWN_METHODS.contains(&s) {
+                d.err(m.pos, &mp, format!("unknown method `{s}`; methods are upper case: {}", KNOWN_METHODS.join(", ")));
+                ok = false;
+                continue;
+            }
+            if let Ok(method) = Method::from_bytes(s.as_bytes()) {
+                if !methods.contains(&method) {
+                    methods.push(method);
+                }
+            }
+        }
+        if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+            methods.push(Method::HEAD);
+        }
+    }
+    let mut headers = Vec::new();
+    if let Some((n, p)) = f.get("headers")
+        && let Some(mut hf) = Fields::new(d, n, &p)
+    {
+        for (k, v) in hf.entries {
+            let key = key_str(k);
+            let hp = join(&p, key);
+            let Ok(hn) = HeaderName::from_bytes(key.as_bytes()) else {
+                d.err(k.pos, &hp, format!("invalid header name `{key}`"));
+                ok = false;
+                continue;
+            };
+            let Some(val) = scalar(d, v, &hp) else { continue };
+            match HeaderValue::from_str(val) {
+                Ok(hv) => headers.push((hn, hv)),
+                Err(_) => {
+                    d.err(v.pos, &hp, "invalid header value");
+                    ok = false;
+                }
+            }
+        }
+        hf.used.iter_mut().for_each(|u| *u = true);
+        hf.finish(d);
+    }
+    f.finish(d);
+    if !ok {
+        return None;
+    }
+    Some((host, pattern?, methods, headers))
+}

@@ -1,0 +1,140 @@
+use super::*;
+
+fn errors(src: &str) -> Vec<String> {
+    match parse("gw.yaml", src) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+version: 1
+node: { name: edge-1, workers: 2, shutdown_grace: 5s }
+listeners:
+  - name: public
+    bind: "127.0.0.1:8080"
+    limits: { header_timeout: 2s, max_header_bytes: 8KiB, max_body_bytes: 1MiB }
+upstreams:
+  - name: orders
+    targets: [{ url: "http://127.0.0.1:9001" }, { url: "http://localhost:9002/" }]
+    timeouts: { connect: 250ms, response: 5s }
+routes:
+  - name: orders-v1
+    match: { host: api.example.com, path: "/v1/orders/{id}", methods: [GET, POST], headers: { x-env: prod } }
+    upstream: orders
+    public: true
+  - name: status
+    match: { prefix: /status }
+    upstream: orders
+    public: true
+"#;
+
+#[test]
+fn good_config_decodes_exactly() {
+    let c = parse("gw.yaml", GOOD).expect("valid");
+    assert_eq!(c.node.name, "edge-1");
+    assert_eq!(c.node.workers.map(|w| w.get()), Some(2));
+    assert_eq!(c.node.shutdown_grace, std::time::Duration::from_secs(5));
+    assert_eq!(c.listeners[0].limits.max_header_bytes, 8192);
+    assert_eq!(c.listeners[0].limits.max_body_bytes, 1 << 20);
+    assert_eq!(c.listeners[0].limits.idle_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(c.upstreams[0].targets[1].authority.as_str(), "localhost:9002");
+    assert_eq!(c.upstreams[0].connect_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(c.routes[0].methods, vec![http::Method::GET, http::Method::POST, http::Method::HEAD]);
+    assert_eq!(c.routes[0].upstream, 0);
+    assert_eq!(c.routes[1].path, pattern::PathPattern::Prefix("/status".into()));
+}
+
+#[test]
+fn every_error_is_reported_with_position() {
+    let src = r#"version: 1
+listeners:
+  - name: public
+    bind: "127.0.0.1:8080"
+    limits: { header_timeout: 10 parsecs }
+    colour: blue
+upstreams:
+  - name: a
+    targets: [{ url: "http://127.0.0.1:9001" }]
+routes:
+  - name: r1
+    match: { prefix: / }
+    upstream: nope
+    public: true
+  - name: r1
+    match: { prefix: /x }
+    upstream: a
+    public: true
+"#;
+    assert_eq!(
+        errors(src),
+        vec![
+            "gw.yaml:5:31: listeners[0].limits.header_timeout: invalid duration `10 parsecs`: unknown unit ` parsecs` (use ms, s, m, h or d)",
+            "gw.yaml:6:5: listeners[0].colour: unknown field `colour`; expected one of: bind, limits, name, tls",
+            "gw.yaml:13:15: routes[0].upstream: unknown upstream `nope`",
+            "gw.yaml:15:11: routes[1].name: duplicate route name `r1`",
+        ]
+    );
+}
+
+#[test]
+fn unsupported_sections_are_refused_not_ignored() {
+    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\nauth: {}\n";
+    let e = errors(src);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("listeners[0].tls: TLS termination (`tls`) is not supported yet"), "{e:?}");
+    assert!(e[1].starts_with("gw.yaml:3:1: auth:"), "{e:?}");
+}
+
+#[test]
+fn routes_must_be_public_until_auth_exists() {
+    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nupstreams: [{ name: u, targets: [{url: \"http://127.0.0.1:2\"}] }]\nroutes: [{ name: r, match: { prefix: / }, upstream: u }]\n";
+    let e = errors(src);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].contains("routes[0].public"), "{e:?}");
+}
+
+#[test]
+fn hostile_yaml_is_refused() {
+    assert!(!errors("version: 1\na: &x [1]\nb: *x\n").is_empty());
+    assert!(!errors(&("[".repeat(500))).is_empty());
+    assert!(!errors("version: 1\nversion: 1\nlisteners: []\n").is_empty());
+    assert!(!errors("--- \nversion: 1\n---\nversion: 1\n").is_empty());
+    assert_eq!(errors("").len(), 1);
+    assert!(errors("version: 2\nlisteners: []").iter().any(|e| e.contains("unsupported version")));
+}
+
+#[test]
+fn bad_values() {
+    let src = r#"version: 1
+node: { workers: lots }
+listeners:
+  - { name: "bad name", bind: "localhost:80" }
+  - { name: b, bind: "127.0.0.1:80", limits: { max_body_bytes: 10MB } }
+upstreams:
+  - { name: u, targets: [{ url: "ftp://x" }, { url: "http://u:p@x:1" }, { url: "http://x:1/base" }], balance: fastest }
+routes:
+  - { name: r, match: { path: "/a//b", methods: [get] }, upstream: u, public: yes }
+  - { name: s, match: { path: /a, prefix: /b }, upstream: u, public: true }
+  - { name: t, match: { host: "http://x", prefix: /b }, upstream: u, public: true }
+"#;
+    let e = errors(src);
+    let want = [
+        "2:18: node.workers",
+        "4:13: listeners[0].name",
+        "4:31: listeners[0].bind",
+        "5:64: listeners[1].limits.max_body_bytes",
+        "7:33: upstreams[0].targets[0].url",
+        "7:53: upstreams[0].targets[1].url",
+        "7:80: upstreams[0].targets[2].url",
+        "7:111: upstreams[0].balance",
+        "9:31: routes[0].match.path",
+        "9:50: routes[0].match.methods[0]",
+        "9:79: routes[0].public",
+        "10:43: routes[1].match.prefix",
+        "11:31: routes[2].match.host",
+    ];
+    for w in want {
+        assert!(e.iter().any(|x| x.contains(w)), "missing {w} in {e:#?}");
+    }
+}

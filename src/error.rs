@@ -1,0 +1,175 @@
+//! The one rescue point: every error the gateway answers itself becomes an RFC 9457
+//! `application/problem+json` response with a `request_id`, and never carries an internal
+//! address, a stack trace or an upstream's error text.
+
+use std::error::Error as StdError;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::GwBody;
+use crate::protect::BodyError;
+use crate::router::path::PathError;
+
+/// Errors the request pipeline answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the request.
+    #[error("no route matches the request")]
+    RouteNotFound,
+    /// The path was refused by normalisation.
+    #[error(transparent)]
+    BadPath(#[from] PathError),
+    /// The request was malformed in another way.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The declared body is larger than the listener allows.
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The upstream has no target to send to.
+    #[error("upstream `{upstream}` has no available target")]
+    NoTarget {
+        /// Upstream name.
+        upstream: String,
+    },
+    /// Could not connect to the chosen target.
+    #[error("connecting to upstream `{upstream}` failed")]
+    UpstreamConnect {
+        /// Upstream name.
+        upstream: String,
+        /// The client error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response head within `timeouts.response`.
+    #[error("upstream `{upstream}` did not answer in time")]
+    UpstreamTimeout {
+        /// Upstream name.
+        upstream: String,
+    },
+    /// The exchange with the upstream failed after connecting.
+    #[error("request to upstream `{upstream}` failed")]
+    Upstream {
+        /// Upstream name.
+        upstream: String,
+        /// The client error.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+}
+
+/// Find an error of type `E` anywhere in the cause chain.
+pub fn cause_ref<'a, E: StdError + 'static>(mut err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
+    loop {
+        if let Some(e) = err.downcast_ref::<E>() {
+            return Some(e);
+        }
+        err = err.source()?;
+    }
+}
+
+impl GatewayError {
+    /// Status, title and client-safe detail.
+    pub fn describe(&self) -> (StatusCode, &'static str, String) {
+        // A failure while the client's body streamed is the client's, whatever wrapped it.
+        if let GatewayError::Upstream { source, .. } | GatewayError::UpstreamConnect { source, .. } = self
+            && let Some(b) = cause_ref::<BodyError>(source)
+        {
+            return match b {
+                BodyError::TooLarge { limit } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "Content Too Large", format!("the request body is larger than {limit} bytes"))
+                }
+                BodyError::Timeout => {
+                    (StatusCode::REQUEST_TIMEOUT, "Request Timeout", "the request body was not received in time".into())
+                }
+                BodyError::Client(_) => (StatusCode::BAD_REQUEST, "Bad Request", "the request body could not be read".into()),
+            };
+        }
+        match self {
+            GatewayError::RouteNotFound => (StatusCode::NOT_FOUND, "Not Found", "no route matches this request".into()),
+            GatewayError::BadPath(e) => (StatusCode::BAD_REQUEST, "Bad Request", e.to_string()),
+            GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, "Bad Request", (*why).into()),
+            GatewayError::BodyTooLarge { limit } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "Content Too Large", format!("the request body is larger than {limit} bytes"))
+            }
+            GatewayError::NoTarget { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "no upstream target is available".into())
+            }
+            GatewayError::UpstreamConnect { .. } => {
+                (StatusCode::BAD_GATEWAY, "Bad Gateway", "the upstream service could not be reached".into())
+            }
+            GatewayError::UpstreamTimeout { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", "the upstream service did not answer in time".into())
+            }
+            GatewayError::Upstream { .. } => {
+                (StatusCode::BAD_GATEWAY, "Bad Gateway", "the upstream service failed to answer".into())
+            }
+        }
+    }
+}
+
+fn json_escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The problem+json document for one error.
+pub fn problem_json(status: u16, title: &str, detail: &str, request_id: &str) -> String {
+    let mut s = String::with_capacity(160 + detail.len());
+    s.push_str("{\"type\":\"about:blank\",\"title\":\"");
+    json_escape(title, &mut s);
+    s.push_str("\",\"status\":");
+    s.push_str(&status.to_string());
+    s.push_str(",\"detail\":\"");
+    json_escape(detail, &mut s);
+    s.push_str("\",\"request_id\":\"");
+    json_escape(request_id, &mut s);
+    s.push_str("\"}");
+    s
+}
+
+/// A problem+json response.
+pub fn problem(status: StatusCode, title: &str, detail: &str, request_id: &HeaderValue) -> Response<GwBody> {
+    let id = request_id.to_str().unwrap_or("");
+    let body = problem_json(status.as_u16(), title, detail, id);
+    let mut res = Response::new(GwBody::full(body.into()));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(crate::protect::headers::X_REQUEST_ID, request_id.clone());
+    res
+}
+
+/// Turn a pipeline error into its response.
+pub fn rescue(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> {
+    let (status, title, detail) = err.describe();
+    let mut res = problem(status, title, &detail, request_id);
+    if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST) {
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_is_valid_json() {
+        let s = problem_json(404, "Not \"Found\"", "a\\b\n", "id-1");
+        let v: serde_json::Value = serde_json::from_str(&s).expect("json");
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["title"], "Not \"Found\"");
+        assert_eq!(v["detail"], "a\\b\n");
+        assert_eq!(v["request_id"], "id-1");
+    }
+}

@@ -1,0 +1,105 @@
+//! Request body limits: a byte cap and a deadline for the whole body (not per read), applied
+//! while the body streams to the upstream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::head::ConnState;
+
+/// Why a request body was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// More bytes than `max_body_bytes`.
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The body did not arrive within `body_timeout`.
+    #[error("request body was not received in time")]
+    Timeout,
+    /// The client's stream failed.
+    #[error("reading the request body failed")]
+    Client(#[source] hyper::Error),
+}
+
+pin_project_lite::pin_project! {
+    /// A client body with a size cap and a deadline.
+    pub struct LimitedBody {
+        #[pin]
+        inner: Incoming,
+        remaining: u64,
+        limit: u64,
+        deadline: Instant,
+        // Made on the first wait only: most small bodies arrive without one. Boxed because
+        // the pooled client wants an Unpin body.
+        timer: Option<Pin<Box<Sleep>>>,
+        conn: Option<Arc<ConnState>>,
+    }
+}
+
+impl std::fmt::Debug for LimitedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitedBody").field("remaining", &self.remaining).finish()
+    }
+}
+
+impl LimitedBody {
+    /// Cap `inner` at `limit` bytes, to arrive by `deadline`. On a violation the
+    /// connection (if HTTP/1) is marked to close with a lingering drain.
+    pub(crate) fn new(inner: Incoming, limit: u64, deadline: Instant, conn: Option<Arc<ConnState>>) -> Self {
+        LimitedBody { inner, remaining: limit, limit, deadline, timer: None, conn }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        let fail = |e: BodyError, conn: &Option<Arc<ConnState>>| {
+            if let Some(c) = conn {
+                c.set_linger();
+            }
+            Poll::Ready(Some(Err(e)))
+        };
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > *this.remaining {
+                        return fail(BodyError::TooLarge { limit: *this.limit }, this.conn);
+                    }
+                    *this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = *this.deadline;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return fail(BodyError::Timeout, this.conn);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

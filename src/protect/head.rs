@@ -1,0 +1,362 @@
+//! The HTTP/1 connection guard: an I/O wrapper that enforces the head limits before hyper
+//! parses anything, and answers violations itself with problem+json.
+//!
+//! hyper's own answers to an oversized head or a head timeout are bare status lines; ours
+//! are problem+json, distinguish 414 from 431, and close with a bounded "lingering close" so
+//! the client can read the answer instead of getting a reset.
+//!
+//! The guard knows where one request ends and the next begins from two counters the request
+//! pipeline keeps ([`ConnState`]): requests started and responses finished. While they are
+//! equal the connection is between requests, and bytes read belong to a request head.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Most header lines a request head may have (hyper's own cap is set above this).
+pub(crate) const MAX_HEADER_LINES: usize = 100;
+const LINGER_FOR: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Per-connection counters shared between the guard and the request pipeline.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    started: AtomicU64,
+    finished: AtomicU64,
+    linger: AtomicBool,
+}
+
+impl ConnState {
+    /// A request head was parsed and handed to the pipeline.
+    pub(crate) fn request_started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A response (head and body) was fully written or abandoned.
+    pub(crate) fn response_finished(&self) {
+        self.finished.fetch_add(1, Ordering::Release);
+    }
+    /// The connection will close with request bytes possibly unread: drain before closing.
+    pub(crate) fn set_linger(&self) {
+        self.linger.store(true, Ordering::Relaxed);
+    }
+    fn between_requests(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// Limits the guard enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct HeadScan {
+    bytes: usize,
+    lines: usize,
+    line_len: usize,
+    first_line_done: bool,
+    complete: bool,
+}
+
+enum Scan {
+    More,
+    Complete,
+    UriTooLong,
+    TooLarge,
+}
+
+impl HeadScan {
+    fn feed(&mut self, data: &[u8], max: usize) -> Scan {
+        for &b in data {
+            self.bytes += 1;
+            match b {
+                b'\n' => {
+                    if self.line_len == 0 && self.first_line_done {
+                        self.complete = true;
+                        return Scan::Complete;
+                    }
+                    if self.line_len > 0 {
+                        self.first_line_done = true;
+                        self.lines += 1;
+                    }
+                    self.line_len = 0;
+                }
+                b'\r' => {}
+                _ => self.line_len += 1,
+            }
+            if self.bytes > max {
+                return if self.first_line_done { Scan::TooLarge } else { Scan::UriTooLong };
+            }
+            if self.lines > MAX_HEADER_LINES + 1 {
+                return Scan::TooLarge;
+            }
+        }
+        Scan::More
+    }
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Normal operation.
+    Open,
+    /// Writing our own answer.
+    Reply(Bytes),
+    /// Our answer is out: send FIN, then drain.
+    Shutdown,
+    /// Reading and discarding until EOF, a byte budget or a deadline.
+    Linger(usize),
+    /// Done: reads give EOF, writes are discarded.
+    Closed,
+}
+
+pin_project_lite::pin_project! {
+    /// See the module docs.
+    pub(crate) struct GuardedIo<T> {
+        #[pin]
+        inner: T,
+        prefix: Bytes,
+        state: Arc<ConnState>,
+        limits: HeadLimits,
+        // boxed: hyper wants an Unpin connection; one allocation per connection
+        timer: Pin<Box<Sleep>>,
+        scan: HeadScan,
+        // true while the timer guards the current head
+        armed: bool,
+        // set when a message was seen in flight, so the next head starts a fresh scan
+        in_message: bool,
+        mode: Mode,
+        request_id: fn() -> String,
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for GuardedIo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedIo").field("inner", &self.inner).field("mode", &self.mode).finish()
+    }
+}
+
+impl<T> GuardedIo<T> {
+    /// Wrap a fresh connection; `prefix` holds bytes already read from it (protocol sniffing).
+    pub(crate) fn new(
+        inner: T,
+        prefix: Bytes,
+        state: Arc<ConnState>,
+        limits: HeadLimits,
+        accepted: Instant,
+        request_id: fn() -> String,
+    ) -> Self {
+        GuardedIo {
+            inner,
+            prefix,
+            state,
+            limits,
+            timer: Box::pin(tokio::time::sleep_until(accepted + limits.header_timeout)),
+            scan: HeadScan::default(),
+            armed: true,
+            in_message: false,
+            mode: Mode::Open,
+            request_id,
+        }
+    }
+}
+
+fn problem_bytes(status: u16, title: &str, detail: &str, request_id: &str) -> Bytes {
+    let body = crate::error::problem_json(status, title, detail, request_id);
+    Bytes::from(format!(
+        "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+impl<T: AsyncRead + AsyncWrite> GuardedIo<T> {
+    /// Drive our own answer and the lingering close. Ready when the connection is done.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            match this.mode {
+                Mode::Open | Mode::Closed => return Poll::Ready(()),
+                Mode::Reply(buf) => {
+                    while !buf.is_empty() {
+                        match ready!(this.inner.as_mut().poll_write(cx, buf)) {
+                            Ok(0) | Err(_) => {
+                                *this.mode = Mode::Closed;
+                                return Poll::Ready(());
+                            }
+                            Ok(n) => {
+                                let _ = buf.split_to(n);
+                            }
+                        }
+                    }
+                    let _ = ready!(this.inner.as_mut().poll_flush(cx));
+                    *this.mode = Mode::Shutdown;
+                }
+                Mode::Shutdown => {
+                    let _ = ready!(this.inner.as_mut().poll_shutdown(cx));
+                    this.timer.as_mut().reset(Instant::now() + LINGER_FOR);
+                    *this.mode = Mode::Linger(LINGER_BYTES);
+                }
+                Mode::Linger(budget) => {
+                    let mut scratch = [0u8; 4096];
+                    let mut rb = ReadBuf::new(&mut scratch);
+                    match this.inner.as_mut().poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                            *budget = budget.saturating_sub(rb.filled().len());
+                            if *budget == 0 {
+                                *this.mode = Mode::Closed;
+                            }
+                        }
+                        Poll::Ready(_) => *this.mode = Mode::Closed,
+                        Poll::Pending => {
+                            ready!(this.timer.as_mut().poll(cx));
+                            *this.mode = Mode::Closed;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply(self: Pin<&mut Self>, status: u16, title: &str, detail: &str) {
+        let this = self.project();
+        let id = (this.request_id)();
+        tracing::debug!(status, request_id = %id, "Refused request head");
+        *this.mode = Mode::Reply(problem_bytes(status, title, detail, &id));
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !matches!(self.mode, Mode::Open) {
+                ready!(self.as_mut().poll_close(cx));
+                return Poll::Ready(Ok(()));
+            }
+            let this = self.as_mut().project();
+            if !this.state.between_requests() {
+                *this.in_message = true;
+                return read_through(this.inner, this.prefix, cx, buf);
+            }
+            if *this.in_message {
+                // The previous response is done: the next head starts now, under the idle timeout.
+                *this.in_message = false;
+                *this.scan = HeadScan::default();
+                *this.armed = true;
+                this.timer.as_mut().reset(Instant::now() + this.limits.idle_timeout);
+            }
+            if this.scan.complete {
+                return read_through(this.inner, this.prefix, cx, buf);
+            }
+            if *this.armed && this.timer.as_mut().poll(cx).is_ready() {
+                *this.armed = false;
+                if this.scan.bytes > 0 {
+                    self.as_mut().reply(408, "Request Timeout", "the request head was not received in time");
+                } else {
+                    *self.as_mut().project().mode = Mode::Closed;
+                }
+                continue;
+            }
+            let before = buf.filled().len();
+            ready!(read_through(this.inner, this.prefix, cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Ok(()));
+            }
+            let first_byte = this.scan.bytes == 0;
+            let max = this.limits.max_header_bytes;
+            match this.scan.feed(&buf.filled()[before..], max) {
+                Scan::More => {
+                    if first_byte && this.scan.bytes > 0 {
+                        // From the first byte, the head must arrive within header_timeout
+                        // (on a fresh connection the deadline already runs from accept).
+                        let dl = Instant::now() + this.limits.header_timeout;
+                        if dl < this.timer.deadline() {
+                            this.timer.as_mut().reset(dl);
+                        }
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Scan::Complete => return Poll::Ready(Ok(())),
+                Scan::UriTooLong => {
+                    buf.set_filled(before);
+                    self.as_mut().reply(414, "URI Too Long", "the request line is longer than the listener allows");
+                }
+                Scan::TooLarge => {
+                    buf.set_filled(before);
+                    self.as_mut().reply(
+                        431,
+                        "Request Header Fields Too Large",
+                        "the request head is larger than the listener allows",
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn read_through<T: AsyncRead>(
+    inner: Pin<&mut T>,
+    prefix: &mut Bytes,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    if !prefix.is_empty() {
+        let n = prefix.len().min(buf.remaining());
+        buf.put_slice(&prefix.split_to(n));
+        return Poll::Ready(Ok(()));
+    }
+    inner.poll_read(cx, buf)
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if !matches!(self.mode, Mode::Open) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if !matches!(self.mode, Mode::Open) {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !matches!(self.mode, Mode::Open) {
+            return Poll::Ready(Ok(()));
+        }
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if matches!(self.mode, Mode::Open) && self.state.linger.load(Ordering::Relaxed) {
+            // We answered without reading the whole request (413, 408): drain a little so
+            // the client sees our answer rather than a reset.
+            *self.as_mut().project().mode = Mode::Shutdown;
+        }
+        if !matches!(self.mode, Mode::Open) {
+            ready!(self.as_mut().poll_close(cx));
+            return Poll::Ready(Ok(()));
+        }
+        self.project().inner.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,112 @@
+//! Header hygiene on the way in and out: hop-by-hop headers (RFC 9110 §7.6.1) and every
+//! header the `Connection` header names are removed in both directions; client-sent
+//! forwarding headers are replaced by ours.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that only describe one hop, never forwarded.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Forwarding headers a client could forge; the gateway sets its own.
+const FORWARDING: [HeaderName; 6] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Remove hop-by-hop headers, including every header `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// Replace client-sent forwarding headers with the gateway's own view of the hop.
+pub fn set_forwarding(headers: &mut HeaderMap, client_ip: std::net::IpAddr, proto: &'static str, host: Option<&str>) {
+    for h in &FORWARDING {
+        headers.remove(h);
+    }
+    let mut buf = itoa_ip(client_ip);
+    if let Ok(v) = HeaderValue::from_str(&buf) {
+        headers.insert(&FORWARDING[1], v);
+    }
+    headers.insert(&FORWARDING[3], HeaderValue::from_static(proto));
+    if let Some(h) = host {
+        buf.clear();
+        if let Ok(v) = HeaderValue::from_str(h) {
+            headers.insert(&FORWARDING[2], v);
+        }
+    }
+}
+
+fn itoa_ip(ip: std::net::IpAddr) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(39);
+    let _ = write!(s, "{ip}");
+    s
+}
+
+/// A client-sent request id worth keeping: 1-128 characters of `A-Z a-z 0-9 - _ . : /`.
+pub fn acceptable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret , keep-alive"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_is_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        set_forwarding(&mut h, "127.0.0.1".parse().expect("ip"), "http", Some("api.example.com"));
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert!(!h.contains_key("forwarded"));
+    }
+}

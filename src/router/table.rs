@@ -1,0 +1,306 @@
+//! The compiled route table.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use http::{HeaderMap, Method};
+
+use crate::config::RouteConfig;
+use crate::config::pattern::{HostPattern, PathPattern};
+
+/// The parts of a request that routing looks at. `host` is lower-case without port;
+/// `path` is normalised.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Lower-case host without port, if any.
+    pub host: Option<&'a str>,
+    /// Normalised path.
+    pub path: &'a str,
+    /// Request method.
+    pub method: &'a Method,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// Routes that share a host scope, ordered by precedence, with exact paths indexed.
+#[derive(Debug, Default)]
+struct Bucket {
+    exact: HashMap<String, Vec<u32>>,
+    /// Template and prefix routes, in precedence order.
+    others: Vec<u32>,
+}
+
+/// A compiled, immutable route table.
+#[derive(Debug)]
+pub struct Table {
+    routes: Vec<RouteConfig>,
+    /// Precedence order of all routes (indices into `routes`).
+    order: Vec<u32>,
+    /// Position of each route in `order`.
+    rank: Vec<u32>,
+    exact_hosts: HashMap<String, Bucket>,
+    /// `(suffix, bucket)`, longest suffix first.
+    suffix_hosts: Vec<(String, Bucket)>,
+    any_host: Bucket,
+}
+
+fn precedence(r: &RouteConfig) -> impl Ord {
+    let host = r.host.as_ref().map(HostPattern::rank).unwrap_or((0, 0));
+    (Reverse(host), Reverse(r.path.rank()), Reverse(!r.methods.is_empty()), Reverse(r.headers.len()))
+}
+
+impl Table {
+    /// Compile the routes of a config.
+    pub fn new(routes: &[RouteConfig]) -> Table {
+        let mut order: Vec<u32> = (0..routes.len() as u32).collect();
+        order.sort_by_key(|&i| precedence(&routes[i as usize])); // stable: file order breaks ties
+
+        let build = |scope: &dyn Fn(&RouteConfig) -> bool| {
+            let mut b = Bucket::default();
+            for &i in &order {
+                let r = &routes[i as usize];
+                if !scope(r) {
+                    continue;
+                }
+                match &r.path {
+                    PathPattern::Exact(p) => b.exact.entry(p.clone()).or_default().push(i),
+                    _ => b.others.push(i),
+                }
+            }
+            b
+        };
+
+        let mut exact_hosts = HashMap::new();
+        let mut suffixes: Vec<String> = Vec::new();
+        for r in routes {
+            match &r.host {
+                Some(HostPattern::Exact(h)) => {
+                    let h = h.clone();
+                    if !exact_hosts.contains_key(&h) {
+                        let bucket = build(&|x: &RouteConfig| x.host.as_ref().is_none_or(|p| p.matches(&h)));
+                        exact_hosts.insert(h, bucket);
+                    }
+                }
+                Some(HostPattern::Suffix(s)) if !suffixes.contains(s) => suffixes.push(s.clone()),
+                _ => {}
+            }
+        }
+        suffixes.sort_by_key(|s| Reverse(s.len()));
+        let suffix_hosts = suffixes
+            .into_iter()
+            .map(|s| {
+                // a host matching this suffix also matches every shorter suffix that `s` ends with
+                let bucket = build(&|x: &RouteConfig| match &x.host {
+                    None => true,
+                    Some(HostPattern::Suffix(o)) => s.ends_with(o.as_str()),
+                    Some(HostPattern::Exact(_)) => false,
+                });
+                (s, bucket)
+            })
+            .collect();
+        let any_host = build(&|x: &RouteConfig| x.host.is_none());
+        let mut rank = vec![0u32; routes.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            rank[i as usize] = pos as u32;
+        }
+        Table { routes: routes.to_vec(), order, rank, exact_hosts, suffix_hosts, any_host }
+    }
+
+    /// The routes, in config order.
+    pub fn routes(&self) -> &[RouteConfig] {
+        &self.routes
+    }
+
+    fn bucket(&self, host: Option<&str>) -> &Bucket {
+        let Some(host) = host else { return &self.any_host };
+        if let Some(b) = self.exact_hosts.get(host) {
+            return b;
+        }
+        for (sfx, b) in &self.suffix_hosts {
+            if host.len() > sfx.len() && host.ends_with(sfx.as_str()) {
+                return b;
+            }
+        }
+        &self.any_host
+    }
+
+    fn rest_matches(r: &RouteConfig, req: &RequestView<'_>) -> bool {
+        (r.methods.is_empty() || r.methods.contains(req.method))
+            && r.headers.iter().all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
+    }
+
+    /// The index (into [`Table::routes`]) of the route this request takes.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
+        let b = self.bucket(req.host);
+        // Exact paths are indexed; the best of them still competes on precedence with the
+        // templates and prefixes (a host-specific prefix outranks an any-host exact path).
+        let exact = b.exact.get(req.path).and_then(|c| c.iter().copied().find(|&i| Self::rest_matches(&self.routes[i as usize], req)));
+        for &i in &b.others {
+            if let Some(e) = exact
+                && self.rank[i as usize] > self.rank[e as usize]
+            {
+                break;
+            }
+            let r = &self.routes[i as usize];
+            if r.path.matches(req.path) && Self::rest_matches(r, req) {
+                return Some(i as usize);
+            }
+        }
+        exact.map(|i| i as usize)
+    }
+
+    /// Which route matches and, for every route that did not, why not.
+    pub fn explain(&self, req: &RequestView<'_>) -> Explanation {
+        let chosen = self.find(req);
+        let mut misses = Vec::new();
+        for &i in &self.order {
+            let i = i as usize;
+            if Some(i) == chosen {
+                continue;
+            }
+            let r = &self.routes[i];
+            let mut reasons = Vec::new();
+            if let Some(h) = &r.host
+                && !req.host.is_some_and(|x| h.matches(x))
+            {
+                reasons.push(format!("host: wants {h}, got {}", req.host.unwrap_or("(none)")));
+            }
+            if !r.path.matches(req.path) {
+                reasons.push(format!("path: wants {}, got {}", r.path, req.path));
+            }
+            if !r.methods.is_empty() && !r.methods.contains(req.method) {
+                let m: Vec<&str> = r.methods.iter().map(Method::as_str).collect();
+                reasons.push(format!("method: wants {}, got {}", m.join("|"), req.method));
+            }
+            for (n, v) in &r.headers {
+                if !req.headers.get_all(n).iter().any(|x| x == v) {
+                    let got = req.headers.get(n).map(|x| String::from_utf8_lossy(x.as_bytes()).into_owned());
+                    reasons.push(format!(
+                        "header: wants {n}: {}, got {}",
+                        String::from_utf8_lossy(v.as_bytes()),
+                        got.as_deref().unwrap_or("(absent)")
+                    ));
+                }
+            }
+            if reasons.is_empty() {
+                reasons.push(format!(
+                    "matches too, but `{}` takes precedence",
+                    chosen.map(|c| self.routes[c].name.as_str()).unwrap_or("?")
+                ));
+            }
+            misses.push(Miss { route: r.name.clone(), reasons });
+        }
+        Explanation { chosen: chosen.map(|i| self.routes[i].name.clone()), misses }
+    }
+}
+
+/// The result of [`Table::explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// Name of the route taken, if any.
+    pub chosen: Option<String>,
+    /// Every other route, in precedence order, with why it was not taken.
+    pub misses: Vec<Miss>,
+}
+
+/// One route that was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Miss {
+    /// Route name.
+    pub route: String,
+    /// One line per failed condition.
+    pub reasons: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+
+    fn route(name: &str, host: Option<&str>, path: &str, methods: &[&str], headers: &[(&str, &str)]) -> RouteConfig {
+        let pattern = match path.strip_prefix("prefix:") {
+            Some(p) => PathPattern::parse_prefix(p),
+            None => PathPattern::parse_path(path),
+        }
+        .expect("pattern");
+        RouteConfig {
+            name: name.into(),
+            host: host.map(|h| HostPattern::parse(h).expect("host")),
+            path: pattern,
+            methods: methods.iter().map(|m| Method::from_bytes(m.as_bytes()).expect("method")).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (HeaderName::from_bytes(n.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v")))
+                .collect(),
+            upstream: 0,
+            public: true,
+        }
+    }
+
+    fn find(t: &Table, host: Option<&str>, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.append(HeaderName::from_bytes(n.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v"));
+        }
+        let m = Method::from_bytes(method.as_bytes()).expect("m");
+        t.find(&RequestView { host, path, method: &m, headers: &h }).map(|i| t.routes()[i].name.clone())
+    }
+
+    #[test]
+    fn precedence_table() {
+        let t = Table::new(&[
+            route("catch-all", None, "prefix:/", &[], &[]),
+            route("api-prefix", None, "prefix:/api", &[], &[]),
+            route("api-v1-prefix", None, "prefix:/api/v1", &[], &[]),
+            route("order-tpl", None, "/api/v1/orders/{id}", &[], &[]),
+            route("order-new", None, "/api/v1/orders/new", &[], &[]),
+            route("order-post", None, "/api/v1/orders/{id}", &["POST"], &[]),
+            route("canary", None, "prefix:/api", &[], &[("x-canary", "1")]),
+            route("host-exact", Some("api.example.com"), "prefix:/", &[], &[]),
+            route("host-wild", Some("*.example.com"), "prefix:/", &[], &[]),
+            route("host-wild-deep", Some("*.eu.example.com"), "prefix:/", &[], &[]),
+        ]);
+        let cases: &[(Option<&str>, &str, &str, &[(&str, &str)], &str)] = &[
+            (None, "GET", "/", &[], "catch-all"),
+            (None, "GET", "/apix", &[], "catch-all"),
+            (None, "GET", "/api", &[], "api-prefix"),
+            (None, "GET", "/api/x", &[("x-canary", "1")], "canary"),
+            (None, "GET", "/api/v1/x", &[], "api-v1-prefix"),
+            (None, "GET", "/api/v1/orders/7", &[], "order-tpl"),
+            (None, "POST", "/api/v1/orders/7", &[], "order-post"),
+            (None, "POST", "/api/v1/orders/new", &[], "order-new"),
+            (Some("api.example.com"), "GET", "/api/v1/orders/7", &[], "host-exact"),
+            (Some("www.example.com"), "GET", "/x", &[], "host-wild"),
+            (Some("a.eu.example.com"), "GET", "/x", &[], "host-wild-deep"),
+            (Some("other.org"), "GET", "/api", &[], "api-prefix"),
+        ];
+        for (host, m, p, h, want) in cases {
+            assert_eq!(find(&t, *host, m, p, h).as_deref(), Some(*want), "{host:?} {m} {p} {h:?}");
+        }
+    }
+
+    #[test]
+    fn methods_and_headers_filter() {
+        let t = Table::new(&[route("get", None, "/x", &["GET"], &[]), route("hdr", None, "/y", &[], &[("x-env", "prod")])]);
+        assert_eq!(find(&t, None, "DELETE", "/x", &[]), None);
+        assert_eq!(find(&t, None, "GET", "/y", &[("x-env", "dev")]), None);
+        assert_eq!(find(&t, None, "GET", "/y", &[("x-env", "prod")]).as_deref(), Some("hdr"));
+    }
+
+    #[test]
+    fn explain_names_each_failed_condition() {
+        let t = Table::new(&[
+            route("a", Some("api.example.com"), "/v1/orders/{id}", &["GET"], &[]),
+            route("b", None, "prefix:/status", &[], &[("x-env", "prod")]),
+        ]);
+        let h = HeaderMap::new();
+        let e = t.explain(&RequestView { host: Some("other.org"), path: "/v1/orders/1", method: &Method::DELETE, headers: &h });
+        assert_eq!(e.chosen, None);
+        assert_eq!(e.misses[0].route, "a");
+        assert_eq!(e.misses[0].reasons.len(), 2, "{:?}", e.misses[0]);
+        assert!(e.misses[0].reasons[0].starts_with("host:"));
+        assert!(e.misses[0].reasons[1].starts_with("method:"));
+        assert!(e.misses[1].reasons[0].starts_with("path:"));
+        assert!(e.misses[1].reasons[1].starts_with("header:"));
+    }
+}

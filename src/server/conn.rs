@@ -1,0 +1,153 @@
+//! One downstream connection: protocol detection (HTTP/1.1 or h2c prior knowledge), the
+//! hyper connection with its limits, and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use super::pipeline::{ConnCtx, handle};
+use crate::config::ListenerLimits;
+use crate::observe::new_request_id_string;
+use crate::protect::head::MAX_HEADER_LINES;
+use crate::protect::{ConnPermit, ConnState, GuardedIo, HeadLimits};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Concurrent streams per HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 128;
+
+/// Read just enough to tell HTTP/2 prior knowledge from HTTP/1.
+async fn sniff(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<(bool, Bytes)>> {
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    loop {
+        let want = H2_PREFACE.len() - buf.len();
+        let mut chunk = [0u8; 24];
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..want])).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(None),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !H2_PREFACE.starts_with(&buf) {
+            return Ok(Some((false, buf.freeze())));
+        }
+        if buf.len() == H2_PREFACE.len() {
+            return Ok(Some((true, buf.freeze())));
+        }
+    }
+}
+
+/// Serve one accepted connection to the end.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Inner>,
+    limits: ListenerLimits,
+    cancel: CancellationToken,
+    _permit: ConnPermit,
+) {
+    let accepted = Instant::now();
+    let sniffed = tokio::select! {
+        r = sniff(&mut stream, accepted + limits.header_timeout) => r,
+        _ = cancel.cancelled() => return,
+    };
+    let (is_h2, prefix) = match sniffed {
+        Ok(Some(x)) => x,
+        Ok(None) | Err(_) => return,
+    };
+    if is_h2 {
+        let ctx = Arc::new(ConnCtx { gw, peer, limits, state: None });
+        let io = TokioIo::new(Rewind { prefix, inner: stream });
+        let svc = service_fn(move |req| handle(ctx.clone(), req));
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let conn = b.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    } else {
+        let state = Arc::new(ConnState::default());
+        let head = HeadLimits {
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_header_bytes: limits.max_header_bytes,
+        };
+        let io = TokioIo::new(GuardedIo::new(stream, prefix, state.clone(), head, accepted, new_request_id_string));
+        let ctx = Arc::new(ConnCtx { gw, peer, limits, state: Some(state) });
+        let svc = service_fn(move |req| handle(ctx.clone(), req));
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(None)
+            .max_headers(MAX_HEADER_LINES + 28)
+            .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
+        let conn = b.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Replays sniffed bytes before reading from the stream.
+    #[derive(Debug)]
+    struct Rewind<T> {
+        prefix: Bytes,
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Rewind<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,309 @@
+//! The gateway process: listeners, the current config snapshot, reloads and shutdown.
+//!
+//! Owns the one `ArcSwap<Snapshot>` every request reads, the set of bound listeners, and the
+//! task tracker that shutdown drains. A reload compiles a complete new snapshot, binds any
+//! new listeners, and only then swaps; on any failure the running config stays in force.
+
+mod conn;
+mod pipeline;
+mod watch;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, ConfigErrors, ListenerConfig};
+use crate::protect::ConnLimiter;
+use crate::router::Table;
+use crate::upstream::{ClientCache, Upstream, Upstreams};
+
+pub use watch::watch_config;
+
+/// One compiled, immutable version of the configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with each config applied since start.
+    pub version: u64,
+    /// The config it was built from.
+    pub config: Config,
+    /// The compiled route table.
+    pub table: Table,
+    /// Upstreams, indexed like `config.upstreams`.
+    pub upstreams: Upstreams,
+}
+
+impl Snapshot {
+    fn build(version: u64, config: Config, clients: &ClientCache) -> Snapshot {
+        let table = Table::new(&config.routes);
+        let upstreams = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, clients))).collect();
+        Snapshot { version, config, table, upstreams }
+    }
+}
+
+/// Errors starting or reloading.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayStartError {
+    /// The config file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener could not be bound.
+    #[error("listener `{name}` cannot bind {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `reload` was called on a gateway started without a file.
+    #[error("this gateway was not started from a file")]
+    NoFile,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new version is serving.
+    Applied(u64),
+    /// The file had not changed; this version keeps serving.
+    Unchanged(u64),
+}
+
+#[derive(Debug)]
+struct Running {
+    name: String,
+    bind: SocketAddr,
+    local: SocketAddr,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    clients: ClientCache,
+    // Cold path: touched at start, reload and shutdown only.
+    listeners: Mutex<Vec<Running>>,
+    reload_lock: tokio::sync::Mutex<u64>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    path: Option<PathBuf>,
+}
+
+/// A running gateway. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+fn hash_text(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+async fn bind(l: &ListenerConfig) -> Result<TcpListener, GatewayStartError> {
+    let err = |source| GatewayStartError::Bind { name: l.name.clone(), addr: l.bind, source };
+    let domain = socket2::Domain::for_address(l.bind);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    if l.bind.is_ipv6() {
+        sock.set_only_v6(true).map_err(err)?;
+    }
+    sock.set_nonblocking(true).map_err(err)?;
+    sock.bind(&l.bind.into()).map_err(err)?;
+    sock.listen(1024).map_err(err)?;
+    TcpListener::from_std(sock.into()).map_err(err)
+}
+
+impl Gateway {
+    /// Start serving `config`. `path`, if given, is where [`Gateway::reload`] reads from.
+    pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Gateway, GatewayStartError> {
+        let text_hash = match &path {
+            Some(p) => std::fs::read_to_string(p).map(|s| hash_text(&s)).unwrap_or(0),
+            None => 0,
+        };
+        let clients = ClientCache::default();
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push((l.clone(), bind(l).await?));
+        }
+        let snapshot = Snapshot::build(1, config, &clients);
+        let inner = Arc::new(Inner {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            clients,
+            listeners: Mutex::new(Vec::new()),
+            reload_lock: tokio::sync::Mutex::new(text_hash),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            path,
+        });
+        let gw = Gateway { inner };
+        for (l, sock) in bound {
+            gw.spawn_listener(&l, sock);
+        }
+        Ok(gw)
+    }
+
+    fn spawn_listener(&self, l: &ListenerConfig, sock: TcpListener) {
+        let local = sock.local_addr().unwrap_or(l.bind);
+        let cancel = self.inner.shutdown.child_token();
+        tracing::info!(listener = %l.name, addr = %local, "Listening");
+        self.inner.listeners.lock().push(Running { name: l.name.clone(), bind: l.bind, local, cancel: cancel.clone() });
+        let inner = self.inner.clone();
+        let name = l.name.clone();
+        self.inner.tracker.spawn(accept_loop(inner, name, sock, cancel));
+    }
+
+    /// Address a listener is bound to (useful with port 0).
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.inner.listeners.lock().iter().find(|r| r.name == listener).map(|r| r.local)
+    }
+
+    /// Every listener's name and bound address.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.inner.listeners.lock().iter().map(|r| (r.name.clone(), r.local)).collect()
+    }
+
+    /// The snapshot serving now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Re-read the config file and apply it if it is valid. On any error the running
+    /// config stays in force and the error is returned.
+    pub async fn reload(&self) -> Result<Reloaded, GatewayStartError> {
+        let path = self.inner.path.clone().ok_or(GatewayStartError::NoFile)?;
+        let mut last_hash = self.inner.reload_lock.lock().await;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let h = hash_text(&text);
+        if h == *last_hash {
+            return Ok(Reloaded::Unchanged(self.inner.snapshot.load().version));
+        }
+        let config = config::load(&path)?;
+        let v = self.apply_locked(config).await?;
+        *last_hash = h;
+        Ok(Reloaded::Applied(v))
+    }
+
+    /// Apply a validated config now (as a reload does).
+    pub async fn apply(&self, config: Config) -> Result<u64, GatewayStartError> {
+        let _guard = self.inner.reload_lock.lock().await;
+        self.apply_locked(config).await
+    }
+
+    async fn apply_locked(&self, config: Config) -> Result<u64, GatewayStartError> {
+        let (keep, remove): (Vec<(String, SocketAddr)>, Vec<(String, SocketAddr)>) = {
+            let running = self.inner.listeners.lock();
+            running
+                .iter()
+                .map(|r| (r.name.clone(), r.bind))
+                .partition(|(n, b)| config.listeners.iter().any(|l| &l.name == n && l.bind == *b))
+        };
+        // Bind new listeners first: if one fails, nothing has changed. A listener that moves
+        // to an address it already holds cannot be bound twice, so it is a remove + add.
+        let mut added = Vec::new();
+        for l in &config.listeners {
+            if keep.iter().any(|(n, b)| n == &l.name && *b == l.bind) {
+                continue;
+            }
+            let holds_addr = remove.iter().any(|(_, b)| *b == l.bind && b.port() != 0);
+            if holds_addr {
+                self.stop_listener(&l.name, l.bind);
+                self.stop_listeners_at(l.bind);
+            }
+            added.push((l.clone(), bind(l).await?));
+        }
+        let version = self.inner.snapshot.load().version + 1;
+        let snap = Snapshot::build(version, config, &self.inner.clients);
+        self.inner.snapshot.store(Arc::new(snap));
+        for (name, bind) in remove {
+            self.stop_listener(&name, bind);
+        }
+        for (l, sock) in added {
+            self.spawn_listener(&l, sock);
+        }
+        tracing::info!(config_version = version, "Config applied");
+        Ok(version)
+    }
+
+    fn stop_listener(&self, name: &str, bind: SocketAddr) {
+        let mut running = self.inner.listeners.lock();
+        running.retain(|r| {
+            let hit = r.name == name && r.bind == bind;
+            if hit {
+                tracing::info!(listener = %r.name, addr = %r.local, "Listener removed");
+                r.cancel.cancel();
+            }
+            !hit
+        });
+    }
+
+    fn stop_listeners_at(&self, bind: SocketAddr) {
+        let mut running = self.inner.listeners.lock();
+        running.retain(|r| {
+            if r.bind == bind {
+                r.cancel.cancel();
+            }
+            r.bind != bind
+        });
+    }
+
+    /// Stop accepting, let in-flight requests finish for up to `grace`, then return.
+    /// Returns true if everything drained in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        let drained = tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok();
+        self.inner.listeners.lock().clear();
+        drained
+    }
+
+    /// The config file this gateway reloads from.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, name: String, sock: TcpListener, cancel: CancellationToken) {
+    let limiter = Arc::new(ConnLimiter::default());
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = sock.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "Accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let snap = inner.snapshot.load();
+        let Some(limits) = snap.config.listeners.iter().find(|l| l.name == name).map(|l| l.limits) else {
+            continue;
+        };
+        let permit = match limiter.acquire(peer.ip(), limits.max_connections, limits.max_connections_per_ip) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::debug!(listener = %name, client = %peer, reason = ?why, "Connection refused by limit");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_cancel = cancel.child_token();
+        inner.tracker.spawn(conn::serve(stream, peer, inner.clone(), limits, conn_cancel, permit));
+    }
+}

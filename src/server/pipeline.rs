@@ -1,0 +1,173 @@
+//! The request path, one readable function: protect → route → upstream → response.
+//!
+//! Each request loads the current config snapshot once and keeps it to the end, so a reload
+//! never changes the rules under a request in flight.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{Inner, Snapshot};
+use crate::body::GwBody;
+use crate::config::ListenerLimits;
+use crate::error::{GatewayError, rescue};
+use crate::observe::new_request_id;
+use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
+use crate::protect::{ConnState, LimitedBody};
+use crate::router::RequestView;
+use crate::router::path::normalise;
+use crate::upstream::proxy_body;
+
+/// What the pipeline knows about the connection a request came on.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    pub(crate) gw: Arc<Inner>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) limits: ListenerLimits,
+    /// HTTP/1 only: the head guard's counters.
+    pub(crate) state: Option<Arc<ConnState>>,
+}
+
+/// hyper's entry point for one request.
+pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<GwBody>, Infallible> {
+    if let Some(s) = &ctx.state {
+        s.request_started();
+    }
+    let snap = ctx.gw.snapshot.load_full();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if acceptable_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let mut res = match proxy(&ctx, &snap, req, &request_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            let (status, _, _) = e.describe();
+            if status.is_server_error() {
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), request_id = ?request_id, config_version = snap.version, status = status.as_u16(), "Request failed");
+            } else {
+                tracing::debug!(error = %e, request_id = ?request_id, config_version = snap.version, status = status.as_u16(), "Request refused");
+            }
+            if status == http::StatusCode::PAYLOAD_TOO_LARGE
+                && let Some(s) = &ctx.state
+            {
+                s.set_linger();
+            }
+            rescue(&e, &request_id)
+        }
+    };
+    if let Some(s) = &ctx.state {
+        res.body_mut().track(s.clone());
+    }
+    Ok(res)
+}
+
+/// The host a request is for: lower-case, without port or trailing dot.
+fn request_host(req: &http::request::Parts) -> Option<Cow<'_, str>> {
+    let raw = match req.headers.get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri.authority()?.as_str(),
+    };
+    let host = if raw.starts_with('[') {
+        raw.split_inclusive(']').next()?
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
+    let mut out = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        let n: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
+        if out.is_some_and(|o| o != n) {
+            return Err(GatewayError::BadRequest("conflicting Content-Length headers"));
+        }
+        out = Some(n);
+    }
+    Ok(out)
+}
+
+async fn proxy(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Result<Response<GwBody>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+
+    // protect: framing and size, before anything else reads the request
+    let declared = content_length(&parts.headers)?;
+    if declared.is_some() && parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::BadRequest("both Content-Length and Transfer-Encoding"));
+    }
+    let limit = ctx.limits.max_body_bytes;
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+
+    // router
+    let path = normalise(parts.uri.path())?;
+    let host = request_host(&parts);
+    let view = RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers };
+    let idx = snap.table.find(&view).ok_or(GatewayError::RouteNotFound)?;
+    let route = &snap.table.routes()[idx];
+    let upstream = &snap.upstreams[route.upstream];
+    drop(host);
+
+    let path_and_query = match (&path, parts.uri.path_and_query()) {
+        (Cow::Borrowed(_), Some(pq)) => pq.clone(),
+        _ => {
+            let s = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            PathAndQuery::from_maybe_shared(s).map_err(|_| GatewayError::BadRequest("unusable request target"))?
+        }
+    };
+
+    // headers for the upstream
+    let original_host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    set_forwarding(&mut parts.headers, ctx.peer.ip(), "http", original_host.as_ref().and_then(|h| h.to_str().ok()));
+    if let Some(h) = original_host
+        && parts.version == Version::HTTP_2
+    {
+        parts.headers.insert(header::HOST, h);
+    }
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+
+    let body = if body.is_end_stream() {
+        None
+    } else {
+        Some(LimitedBody::new(body, limit, Instant::now() + ctx.limits.body_timeout, ctx.state.clone()))
+    };
+    let upstream_req = Request::from_parts(parts, proxy_body(body));
+    let res = upstream.forward(upstream_req, path_and_query).await?;
+
+    let (mut rp, rb) = res.into_parts();
+    strip_hop_by_hop(&mut rp.headers);
+    rp.headers.insert(X_REQUEST_ID, request_id.clone());
+    rp.version = Version::HTTP_11;
+    Ok(Response::from_parts(rp, GwBody::upstream(rb)))
+}

@@ -1,0 +1,70 @@
+//! Reload triggers: the config file changing on disk (debounced) and SIGHUP.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::{Gateway, Reloaded};
+
+/// Debounce for bursts of file events (editors write, rename and chmod in quick succession).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+fn log_result(trigger: &str, r: Result<Reloaded, super::GatewayStartError>) {
+    match r {
+        Ok(Reloaded::Applied(v)) => tracing::info!(trigger, config_version = v, "Reloaded"),
+        Ok(Reloaded::Unchanged(v)) => tracing::debug!(trigger, config_version = v, "Config unchanged"),
+        Err(super::GatewayStartError::Config(errs)) => {
+            for e in &errs.0 {
+                tracing::error!(trigger, error = %e, "Reload refused: the running config stays in force");
+            }
+        }
+        Err(e) => tracing::error!(trigger, error = %e, "Reload failed: the running config stays in force"),
+    }
+}
+
+/// Reload `gw` whenever its config file changes or SIGHUP arrives, until the gateway's
+/// shutdown begins. Runs forever; spawn it.
+pub async fn watch_config(gw: Gateway) {
+    let Some(path) = gw.config_path().map(PathBuf::from) else { return };
+    let (tx, mut rx) = mpsc::channel::<()>(16);
+    // Watch the directory: editors and config managers replace files by rename.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let file_name = path.file_name().map(|f| f.to_os_string());
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && ev.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
+        {
+            let _ = tx.try_send(());
+        }
+    });
+    let _watcher = match watcher {
+        Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let shutdown = gw.inner.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                log_result("file", gw.reload().await);
+            }
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                log_result("SIGHUP", gw.reload().await);
+            }
+        }
+    }
+}
