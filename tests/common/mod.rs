@@ -1,0 +1,232 @@
+//! Shared test kit: real upstream servers and a real gateway on 127.0.0.1 ephemeral ports.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    /// The gateway-side address of the connection it came on.
+    pub peer: SocketAddr,
+}
+
+/// A real HTTP/1.1 upstream on 127.0.0.1.
+///
+/// * `/echo…`: streams the request body back;
+/// * `/slow/{ms}…`: waits, then answers;
+/// * anything else: `200 <name>`.
+#[derive(Clone)]
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub hits: Arc<AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl TestUpstream {
+    pub async fn start(name: &str) -> TestUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        Self::serve(l, name).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, name: &str) -> TestUpstream {
+        let l = TcpListener::bind(addr).await.expect("bind upstream");
+        Self::serve(l, name).await
+    }
+
+    async fn serve(l: TcpListener, name: &str) -> TestUpstream {
+        let up = TestUpstream {
+            addr: l.local_addr().expect("addr"),
+            name: name.to_string(),
+            seen: Arc::default(),
+            hits: Arc::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        };
+        let u = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, peer) = tokio::select! {
+                    r = l.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = u.stop.cancelled() => return,
+                };
+                let u2 = u.clone();
+                let stop = u.stop.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| u2.clone().answer(req, peer));
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(s), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+                });
+            }
+        });
+        up
+    }
+
+    /// Close the listener and every open connection.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    async fn answer(self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<TestBody>, Infallible> {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        self.seen.lock().push(Seen { method: req.method().to_string(), path_and_query: pq.clone(), headers: req.headers().clone(), peer });
+        let path = req.uri().path().to_string();
+        if path.starts_with("/echo") {
+            let body = req.into_body().map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
+            return Ok(Response::new(body));
+        }
+        if let Some(rest) = path.strip_prefix("/slow/") {
+            let ms: u64 = rest.split('/').next().and_then(|x| x.parse().ok()).unwrap_or(100);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let mut res = Response::new(full(self.name.clone()));
+        res.headers_mut().insert("x-upstream", self.name.parse().expect("hv"));
+        res.headers_mut().insert("connection", "x-up-secret".parse().expect("hv"));
+        res.headers_mut().insert("x-up-secret", "1".parse().expect("hv"));
+        res.headers_mut().insert("keep-alive", "timeout=5".parse().expect("hv"));
+        Ok(res)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().last().cloned().expect("upstream saw a request")
+    }
+}
+
+/// A unique scratch directory.
+pub fn scratch_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "portcullis-test-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+/// A gateway started in this process from YAML written to a file.
+pub struct TestGateway {
+    pub gw: portcullis::server::Gateway,
+    pub path: PathBuf,
+}
+
+impl TestGateway {
+    pub async fn start(yaml: &str) -> TestGateway {
+        let dir = scratch_dir();
+        let path = dir.join("gw.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let cfg = portcullis::config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
+        let gw = portcullis::server::Gateway::start(cfg, Some(path.clone())).await.expect("start");
+        TestGateway { gw, path }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.gw.local_addr("public").expect("listener `public`")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    /// Write new YAML and reload from it.
+    pub async fn rewrite(&self, yaml: &str) -> Result<portcullis::server::Reloaded, portcullis::server::GatewayStartError> {
+        std::fs::write(&self.path, yaml).expect("write config");
+        self.gw.reload().await
+    }
+}
+
+/// A config with one `public` listener on an ephemeral port, one upstream `up` over the
+/// given targets, and a catch-all public route; `extra` is appended under `routes:`.
+pub fn simple_config(targets: &[SocketAddr], limits: &str, extra_routes: &str) -> String {
+    let t: Vec<String> = targets.iter().map(|a| format!("{{ url: \"http://{a}\" }}")).collect();
+    format!(
+        "version: 1\nnode: {{ shutdown_grace: 5s }}\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\n    limits: {{ {limits} }}\nupstreams:\n  - name: up\n    targets: [{}]\n    timeouts: {{ connect: 1s, response: 2s }}\nroutes:\n  - name: all\n    match: {{ prefix: / }}\n    upstream: up\n    public: true\n{extra_routes}",
+        t.join(", ")
+    )
+}
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+}
+
+/// GET a URL, returning status, headers and body text.
+pub async fn get(url: &str) -> (u16, HeaderMap, String) {
+    send(Request::get(url).body(full("")).expect("req")).await
+}
+
+pub async fn send(req: Request<TestBody>) -> (u16, HeaderMap, String) {
+    let (status, headers, body) = send_bytes(req).await;
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn send_bytes(req: Request<TestBody>) -> (u16, HeaderMap, Bytes) {
+    let res = client().request(req).await.expect("response");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, body)
+}
+
+/// Parse a problem+json body and check its required members.
+pub fn problem(status: u16, headers: &HeaderMap, body: &str) -> serde_json::Value {
+    assert_eq!(headers.get("content-type").map(|v| v.to_str().unwrap_or("")), Some("application/problem+json"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("problem+json {e}: {body}"));
+    assert_eq!(v["status"], status, "{body}");
+    for k in ["type", "title", "detail", "request_id"] {
+        assert!(v[k].is_string(), "missing {k} in {body}");
+    }
+    assert_eq!(headers.get("x-request-id").map(|h| h.to_str().unwrap_or("")), v["request_id"].as_str());
+    v
+}
+
+/// Raw TCP: send bytes, read everything until the server closes (or `limit` elapses).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
