@@ -39,6 +39,7 @@ pub struct Seen {
 /// A real HTTP/1.1 upstream on 127.0.0.1.
 ///
 /// * `/echo…`: streams the request body back;
+/// * `/collect…`: reads the whole body, then answers with its length;
 /// * `/slow/{ms}…`: waits, then answers;
 /// * anything else: `200 <name>`.
 #[derive(Clone)]
@@ -101,6 +102,14 @@ impl TestUpstream {
         if path.starts_with("/echo") {
             let body = req.into_body().map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
             return Ok(Response::new(body));
+        }
+        if path.starts_with("/collect") {
+            // reads the whole body before answering with its length
+            let n = match req.into_body().collect().await {
+                Ok(c) => c.to_bytes().len(),
+                Err(_) => return Ok(Response::new(full("body error"))),
+            };
+            return Ok(Response::new(full(n.to_string())));
         }
         if let Some(rest) = path.strip_prefix("/slow/") {
             let ms: u64 = rest.split('/').next().and_then(|x| x.parse().ok()).unwrap_or(100);
