@@ -42,12 +42,18 @@ impl Drop for Done {
 impl GwBody {
     /// A complete body.
     pub fn full(b: Bytes) -> Self {
-        GwBody { kind: Kind::Full(Some(b)), done: None }
+        GwBody {
+            kind: Kind::Full(Some(b)),
+            done: None,
+        }
     }
 
     /// The upstream's body, streamed.
     pub fn upstream(b: Incoming) -> Self {
-        GwBody { kind: Kind::Upstream(b), done: None }
+        GwBody {
+            kind: Kind::Upstream(b),
+            done: None,
+        }
     }
 
     pub(crate) fn track(&mut self, conn: Arc<ConnState>) {
@@ -59,9 +65,16 @@ impl Body for GwBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
-            Kind::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Kind::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             Kind::Upstream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
         }
     }

@@ -13,6 +13,9 @@ use crate::server::{Gateway, watch_config};
 
 mod explain;
 
+/// Runs once the gateway's listeners are bound (the demo starts its backends here).
+pub(crate) type OnReady = Box<dyn FnOnce(&Gateway) + Send>;
+
 /// Portcullis, a security-first integration gateway.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about)]
@@ -62,12 +65,21 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.cmd {
         Cmd::Validate { config } => validate(&config),
-        Cmd::Explain { config, method, url, headers } => explain::run(&config, &method, &url, &headers),
+        Cmd::Explain {
+            config,
+            method,
+            url,
+            headers,
+        } => explain::run(&config, &method, &url, &headers),
         Cmd::Run { config } => {
             observe::init_logging();
             match load_or_report(&config) {
@@ -111,7 +123,7 @@ pub(crate) fn load_or_report(path: &Path) -> Option<Config> {
 
 /// Build the runtime the config asks for and serve until SIGTERM or SIGINT.
 /// `on_ready` runs once the listeners are bound.
-pub(crate) fn run(cfg: Config, path: Option<PathBuf>, on_ready: Option<Box<dyn FnOnce(&Gateway) + Send>>) -> ExitCode {
+pub(crate) fn run(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) -> ExitCode {
     let workers = cfg.node.workers.map(|w| w.get());
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -132,10 +144,15 @@ pub(crate) fn run(cfg: Config, path: Option<PathBuf>, on_ready: Option<Box<dyn F
     rt.block_on(serve(cfg, path, on_ready))
 }
 
-async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<Box<dyn FnOnce(&Gateway) + Send>>) -> ExitCode {
+async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(t), Ok(i)) => (t, i),
+    // Handlers first: a signal that arrives while we bind must not kill the process.
+    let (mut term, mut int, hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => {
             eprintln!("cannot install signal handlers");
             return ExitCode::from(1);
@@ -150,7 +167,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<Box<dyn FnOn
             return ExitCode::from(1);
         }
     };
-    tokio::spawn(watch_config(gw.clone()));
+    tokio::spawn(watch_config(gw.clone(), Some(hup)));
     tracing::info!(node = %node, config_version = gw.snapshot().version, "Portcullis started");
     if let Some(f) = on_ready {
         f(&gw);
@@ -159,7 +176,11 @@ async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<Box<dyn FnOn
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    tracing::info!(signal = sig, grace_ms = grace.as_millis() as u64, "Shutting down: no new connections, draining requests");
+    tracing::info!(
+        signal = sig,
+        grace_ms = grace.as_millis() as u64,
+        "Shutting down: no new connections, draining requests"
+    );
     if gw.shutdown(grace).await {
         tracing::info!("Drained; bye");
     } else {

@@ -32,7 +32,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}: {}", self.file, self.pos.line, self.pos.col, self.path, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.pos.line, self.pos.col, self.path, self.message
+        )
     }
 }
 
@@ -55,7 +59,12 @@ impl fmt::Display for ConfigErrors {
 /// Parse and validate config text. `file` names it in errors.
 pub fn parse(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     let root = yaml::parse(src).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: file.to_string(), pos: e.pos, path: "(yaml)".into(), message: e.message }])
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            pos: e.pos,
+            path: "(yaml)".into(),
+            message: e.message,
+        }])
     })?;
     decode::decode(file, root.as_ref())
 }
@@ -64,11 +73,19 @@ pub fn parse(file: &str, src: &str) -> Result<Config, ConfigErrors> {
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let read_err = |message: String| {
-        ConfigErrors(vec![ConfigError { file: file.clone(), pos: Pos { line: 1, col: 1 }, path: "(file)".into(), message }])
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            pos: Pos { line: 1, col: 1 },
+            path: "(file)".into(),
+            message,
+        }])
     };
     let meta = std::fs::metadata(path).map_err(|e| read_err(format!("cannot read: {e}")))?;
     if meta.len() > yaml::MAX_INPUT_BYTES as u64 {
-        return Err(read_err(format!("file is larger than {} bytes", yaml::MAX_INPUT_BYTES)));
+        return Err(read_err(format!(
+            "file is larger than {} bytes",
+            yaml::MAX_INPUT_BYTES
+        )));
     }
     let src = std::fs::read_to_string(path).map_err(|e| read_err(format!("cannot read: {e}")))?;
     parse(&file, &src)

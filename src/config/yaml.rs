@@ -31,7 +31,10 @@ pub(crate) struct Node {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Kind {
     /// A scalar; `plain` is false when it was quoted or a block scalar.
-    Scalar { value: String, plain: bool },
+    Scalar {
+        value: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -61,7 +64,10 @@ pub(crate) struct SyntaxError {
 }
 
 fn pos_of(m: saphyr_parser::Marker) -> Pos {
-    Pos { line: m.line().max(1), col: m.col() + 1 }
+    Pos {
+        line: m.line().max(1),
+        col: m.col() + 1,
+    }
 }
 
 enum Frame {
@@ -93,7 +99,10 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(SyntaxError { pos, message: "only one YAML document is allowed".into() });
+                    return Err(SyntaxError {
+                        pos,
+                        message: "only one YAML document is allowed".into(),
+                    });
                 }
                 None
             }
@@ -105,7 +114,10 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
             }
             Event::Scalar(value, style, _, _) => Some(Node {
                 pos,
-                kind: Kind::Scalar { value: value.into_owned(), plain: style == ScalarStyle::Plain },
+                kind: Kind::Scalar {
+                    value: value.into_owned(),
+                    plain: style == ScalarStyle::Plain,
+                },
             }),
             Event::SequenceStart(..) => {
                 stack.push(Frame::Seq(pos, Vec::new()));
@@ -116,21 +128,43 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq(p, items)) => Some(Node { pos: p, kind: Kind::Seq(items) }),
-                _ => return Err(SyntaxError { pos, message: "unbalanced sequence".into() }),
+                Some(Frame::Seq(p, items)) => Some(Node {
+                    pos: p,
+                    kind: Kind::Seq(items),
+                }),
+                _ => {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "unbalanced sequence".into(),
+                    });
+                }
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(p, entries, None)) => Some(Node { pos: p, kind: Kind::Map(entries) }),
-                _ => return Err(SyntaxError { pos, message: "unbalanced mapping".into() }),
+                Some(Frame::Map(p, entries, None)) => Some(Node {
+                    pos: p,
+                    kind: Kind::Map(entries),
+                }),
+                _ => {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "unbalanced mapping".into(),
+                    });
+                }
             },
         };
         if stack.len() > MAX_DEPTH {
-            return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+            return Err(SyntaxError {
+                pos,
+                message: format!("nesting deeper than {MAX_DEPTH} levels"),
+            });
         }
         let Some(node) = done else { continue };
         nodes += 1;
         if nodes > MAX_NODES {
-            return Err(SyntaxError { pos, message: format!("more than {MAX_NODES} values") });
+            return Err(SyntaxError {
+                pos,
+                message: format!("more than {MAX_NODES} values"),
+            });
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -138,7 +172,10 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
             Some(Frame::Map(_, entries, pending)) => match pending.take() {
                 None => {
                     if !matches!(node.kind, Kind::Scalar { .. }) {
-                        return Err(SyntaxError { pos: node.pos, message: "mapping keys must be plain strings".into() });
+                        return Err(SyntaxError {
+                            pos: node.pos,
+                            message: "mapping keys must be plain strings".into(),
+                        });
                     }
                     *pending = Some(node);
                 }
@@ -156,9 +193,13 @@ mod tests {
     #[test]
     fn positions_are_one_based() {
         let n = parse("a: 1\nb:\n  - x\n").expect("parse").expect("doc");
-        let Kind::Map(entries) = &n.kind else { panic!("map") };
+        let Kind::Map(entries) = &n.kind else {
+            panic!("map")
+        };
         assert_eq!(entries[1].0.pos, Pos { line: 2, col: 1 });
-        let Kind::Seq(items) = &entries[1].1.kind else { panic!("seq") };
+        let Kind::Seq(items) = &entries[1].1.kind else {
+            panic!("seq")
+        };
         assert_eq!(items[0].pos, Pos { line: 3, col: 5 });
     }
 

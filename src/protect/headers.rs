@@ -50,7 +50,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Replace client-sent forwarding headers with the gateway's own view of the hop.
-pub fn set_forwarding(headers: &mut HeaderMap, client_ip: std::net::IpAddr, proto: &'static str, host: Option<&str>) {
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    client_ip: std::net::IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+) {
     for h in &FORWARDING {
         headers.remove(h);
     }
@@ -79,7 +84,8 @@ pub fn acceptable_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
 #[cfg(test)]
@@ -89,7 +95,10 @@ mod tests {
     #[test]
     fn connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret , keep-alive"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret , keep-alive"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -104,7 +113,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
-        set_forwarding(&mut h, "127.0.0.1".parse().expect("ip"), "http", Some("api.example.com"));
+        set_forwarding(
+            &mut h,
+            "127.0.0.1".parse().expect("ip"),
+            "http",
+            Some("api.example.com"),
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert!(!h.contains_key("forwarded"));

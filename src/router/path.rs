@@ -26,7 +26,22 @@ const fn unreserved(b: u8) -> bool {
 
 /// Bytes allowed raw in a path segment (RFC 3986 `pchar` minus `%`, which is handled apart).
 const fn raw_ok(b: u8) -> bool {
-    unreserved(b) || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
+    unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -85,8 +100,10 @@ fn normalise_slow(path: &str) -> Result<String, PathError> {
         while j < sb.len() {
             let c = sb[j];
             if c == b'%' {
-                let (Some(h), Some(l)) = (sb.get(j + 1).and_then(|x| hex(*x)), sb.get(j + 2).and_then(|x| hex(*x)))
-                else {
+                let (Some(h), Some(l)) = (
+                    sb.get(j + 1).and_then(|x| hex(*x)),
+                    sb.get(j + 2).and_then(|x| hex(*x)),
+                ) else {
                     return Err(PathError("bad percent-escape"));
                 };
                 let v = h << 4 | l;
@@ -116,7 +133,8 @@ fn normalise_slow(path: &str) -> Result<String, PathError> {
                 return Err(PathError("a character that is not allowed in a path"));
             }
         }
-        let text = std::str::from_utf8(&decoded).map_err(|_| PathError("escapes that are not valid UTF-8"))?;
+        let text = std::str::from_utf8(&decoded)
+            .map_err(|_| PathError("escapes that are not valid UTF-8"))?;
         let kept = &out[seg_start + 1..];
         let dot_part = kept.split(';').next().unwrap_or("");
         let is_dot = kept == "." || kept == "..";
@@ -124,7 +142,9 @@ fn normalise_slow(path: &str) -> Result<String, PathError> {
             return Err(PathError("a dot-segment with parameters"));
         }
         if !text.is_ascii()
-            && text.chars().all(|ch| matches!(ch, '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}'))
+            && text
+                .chars()
+                .all(|ch| matches!(ch, '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}'))
         {
             return Err(PathError("a segment of look-alike dots"));
         }
@@ -188,8 +208,22 @@ mod tests {
             assert_eq!(n(input).as_deref(), Ok(want), "{input}");
         }
         let bad = [
-            "", "a", "/a\\b", "/a%5Cb", "/a%5cb", "/%00", "/%0a", "/%zz", "/%4", "/..;/admin", "/.;x",
-            "/%C0%AE%C0%AE/x", "/%EF%BC%8E%EF%BC%8E/admin", "/\u{7f}", "/a b", "/a\"b",
+            "",
+            "a",
+            "/a\\b",
+            "/a%5Cb",
+            "/a%5cb",
+            "/%00",
+            "/%0a",
+            "/%zz",
+            "/%4",
+            "/..;/admin",
+            "/.;x",
+            "/%C0%AE%C0%AE/x",
+            "/%EF%BC%8E%EF%BC%8E/admin",
+            "/\u{7f}",
+            "/a b",
+            "/a\"b",
         ];
         for input in bad {
             assert!(n(input).is_err(), "{input:?} should be refused");

@@ -70,8 +70,16 @@ pub(crate) async fn serve(
         Ok(None) | Err(_) => return,
     };
     if is_h2 {
-        let ctx = Arc::new(ConnCtx { gw, peer, limits, state: None });
-        let io = TokioIo::new(Rewind { prefix, inner: stream });
+        let ctx = Arc::new(ConnCtx {
+            gw,
+            peer,
+            limits,
+            state: None,
+        });
+        let io = TokioIo::new(Rewind {
+            prefix,
+            inner: stream,
+        });
         let svc = service_fn(move |req| handle(ctx.clone(), req));
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -93,8 +101,20 @@ pub(crate) async fn serve(
             idle_timeout: limits.idle_timeout,
             max_header_bytes: limits.max_header_bytes,
         };
-        let io = TokioIo::new(GuardedIo::new(stream, prefix, state.clone(), head, accepted, new_request_id_string));
-        let ctx = Arc::new(ConnCtx { gw, peer, limits, state: Some(state) });
+        let io = TokioIo::new(GuardedIo::new(
+            stream,
+            prefix,
+            state.clone(),
+            head,
+            accepted,
+            new_request_id_string,
+        ));
+        let ctx = Arc::new(ConnCtx {
+            gw,
+            peer,
+            limits,
+            state: Some(state),
+        });
         let svc = service_fn(move |req| handle(ctx.clone(), req));
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -123,7 +143,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<T: AsyncRead> AsyncRead for Rewind<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
@@ -135,10 +159,18 @@ impl<T: AsyncRead> AsyncRead for Rewind<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

@@ -14,27 +14,41 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 fn log_result(trigger: &str, r: Result<Reloaded, super::GatewayStartError>) {
     match r {
         Ok(Reloaded::Applied(v)) => tracing::info!(trigger, config_version = v, "Reloaded"),
-        Ok(Reloaded::Unchanged(v)) => tracing::debug!(trigger, config_version = v, "Config unchanged"),
+        Ok(Reloaded::Unchanged(v)) => {
+            tracing::debug!(trigger, config_version = v, "Config unchanged")
+        }
         Err(super::GatewayStartError::Config(errs)) => {
             for e in &errs.0 {
                 tracing::error!(trigger, error = %e, "Reload refused: the running config stays in force");
             }
         }
-        Err(e) => tracing::error!(trigger, error = %e, "Reload failed: the running config stays in force"),
+        Err(e) => {
+            tracing::error!(trigger, error = %e, "Reload failed: the running config stays in force")
+        }
     }
 }
 
-/// Reload `gw` whenever its config file changes or SIGHUP arrives, until the gateway's
-/// shutdown begins. Runs forever; spawn it.
-pub async fn watch_config(gw: Gateway) {
-    let Some(path) = gw.config_path().map(PathBuf::from) else { return };
+/// Reload `gw` whenever its config file changes or a signal arrives on `hup` (SIGHUP;
+/// install it before the gateway starts, so an early SIGHUP cannot kill the process), until
+/// the gateway's shutdown begins. Spawn it.
+pub async fn watch_config(gw: Gateway, mut hup: Option<tokio::signal::unix::Signal>) {
+    let Some(path) = gw.config_path().map(PathBuf::from) else {
+        return;
+    };
     let (tx, mut rx) = mpsc::channel::<()>(16);
     // Watch the directory: editors and config managers replace files by rename.
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let file_name = path.file_name().map(|f| f.to_os_string());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev
-            && ev.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
         {
             let _ = tx.try_send(());
         }
@@ -52,7 +66,6 @@ pub async fn watch_config(gw: Gateway) {
             None
         }
     };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let shutdown = gw.inner.shutdown.clone();
     loop {
         tokio::select! {

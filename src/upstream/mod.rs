@@ -100,19 +100,37 @@ impl Upstream {
 
     /// Send `req` (headers already cleaned) to a target. `path` is the normalised path with
     /// the query, to be sent as is.
-    pub async fn forward(&self, mut req: Request<ProxyBody>, path: PathAndQuery) -> Result<Response<Incoming>, GatewayError> {
-        let target = self.pick().ok_or_else(|| GatewayError::NoTarget { upstream: self.name.clone() })?.clone();
+    pub async fn forward(
+        &self,
+        mut req: Request<ProxyBody>,
+        path: PathAndQuery,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let target = self
+            .pick()
+            .ok_or_else(|| GatewayError::NoTarget {
+                upstream: self.name.clone(),
+            })?
+            .clone();
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(target);
         parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest("unusable request target"))?;
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|_| GatewayError::BadRequest("unusable request target"))?;
         *req.version_mut() = Version::HTTP_11;
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout { upstream: self.name.clone() }),
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                upstream: self.name.clone(),
+            }),
             Ok(Ok(res)) => Ok(res),
-            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect { upstream: self.name.clone(), source: e }),
-            Ok(Err(e)) => Err(GatewayError::Upstream { upstream: self.name.clone(), source: e }),
+            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect {
+                upstream: self.name.clone(),
+                source: e,
+            }),
+            Ok(Err(e)) => Err(GatewayError::Upstream {
+                upstream: self.name.clone(),
+                source: e,
+            }),
         }
     }
 }
