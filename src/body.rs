@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::protect::ConnState;
+use crate::upstream::Loan;
 
 /// Error type of [`GwBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -18,7 +19,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    /// The upstream's body, and the pooled connection it came on, to be given back once
+    /// the body has been read to the end.
+    Upstream(Incoming, Option<Loan>),
 }
 
 /// A downstream response body.
@@ -48,12 +51,9 @@ impl GwBody {
         }
     }
 
-    /// The upstream's body, streamed.
-    pub fn upstream(b: Incoming) -> Self {
-        GwBody {
-            kind: Kind::Upstream(b),
-            done: None,
-        }
+    /// The upstream's body, streamed; `loan` returns its connection to the pool at the end.
+    pub fn upstream(b: Incoming, loan: Option<Loan>) -> Self {
+        GwBody { kind: Kind::Upstream(b, loan), done: None }
     }
 
     pub(crate) fn track(&mut self, conn: Arc<ConnState>) {
@@ -75,21 +75,29 @@ impl Body for GwBody {
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
             ),
-            Kind::Upstream(inc) => Pin::new(inc).poll_frame(cx).map_err(Into::into),
+            Kind::Upstream(inc, loan) => {
+                let r = Pin::new(&mut *inc).poll_frame(cx).map_err(Into::into);
+                if matches!(r, Poll::Ready(None)) || (matches!(r, Poll::Ready(Some(Ok(_)))) && inc.is_end_stream()) {
+                    if let Some(l) = loan.take() {
+                        l.give_back();
+                    }
+                }
+                r
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
-            Kind::Upstream(inc) => inc.is_end_stream(),
+            Kind::Upstream(inc, _) => inc.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(inc) => inc.size_hint(),
+            Kind::Upstream(inc, _) => inc.size_hint(),
         }
     }
 }

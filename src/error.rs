@@ -39,9 +39,15 @@ pub enum GatewayError {
     UpstreamConnect {
         /// Upstream name.
         upstream: String,
-        /// The client error.
+        /// What failed.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::ConnectError,
+    },
+    /// The TCP connect took longer than `timeouts.connect`.
+    #[error("connecting to upstream `{upstream}` timed out")]
+    UpstreamConnectTimeout {
+        /// Upstream name.
+        upstream: String,
     },
     /// No response head within `timeouts.response`.
     #[error("upstream `{upstream}` did not answer in time")]
@@ -56,7 +62,7 @@ pub enum GatewayError {
         upstream: String,
         /// The client error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
 }
 
@@ -76,8 +82,7 @@ impl GatewayError {
     /// Status, title and client-safe detail.
     pub fn describe(&self) -> (StatusCode, &'static str, String) {
         // A failure while the client's body streamed is the client's, whatever wrapped it.
-        if let GatewayError::Upstream { source, .. } | GatewayError::UpstreamConnect { source, .. } =
-            self
+        if let GatewayError::Upstream { source, .. } = self
             && let Some(b) = cause_ref::<BodyError>(source)
         {
             return match b {
@@ -123,7 +128,7 @@ impl GatewayError {
                 "Bad Gateway",
                 "the upstream service could not be reached".into(),
             ),
-            GatewayError::UpstreamTimeout { .. } => (
+            GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamConnectTimeout { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "Gateway Timeout",
                 "the upstream service did not answer in time".into(),

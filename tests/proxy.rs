@@ -222,3 +222,25 @@ async fn upstream_connections_are_pooled() {
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 20);
     assert_eq!(peers.len(), 1, "{peers:?}");
 }
+
+#[tokio::test]
+async fn pooled_connections_to_a_restarted_upstream_are_replaced() {
+    let up = TestUpstream::start("first").await;
+    let addr = up.addr;
+    let gw = TestGateway::start(&simple_config(&[addr], "", "")).await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/")).await.2, "first");
+    }
+    up.stop();
+    // while it is down: 502, fast
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (status, headers, body) = get(&gw.url("/")).await;
+    problem(status, &headers, &body);
+    assert_eq!(status, 502);
+    let again = TestUpstream::start_on(addr, "second").await;
+    for _ in 0..5 {
+        let (status, _, body) = get(&gw.url("/")).await;
+        assert_eq!((status, body.as_str()), (200, "second"));
+    }
+    again.stop();
+}

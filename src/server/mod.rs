@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, Config, ConfigErrors, ListenerConfig};
 use crate::protect::ConnLimiter;
 use crate::router::Table;
-use crate::upstream::{ClientCache, Upstream, Upstreams};
+use crate::upstream::{PoolCache, Upstream, Upstreams};
 
 pub use watch::watch_config;
 
@@ -42,7 +42,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(version: u64, config: Config, clients: &ClientCache) -> Snapshot {
+    fn build(version: u64, config: Config, clients: &PoolCache) -> Snapshot {
         let table = Table::new(&config.routes);
         let upstreams = config
             .upstreams
@@ -100,7 +100,7 @@ struct Running {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    clients: ClientCache,
+    clients: PoolCache,
     // Cold path: touched at start, reload and shutdown only.
     listeners: Mutex<Vec<Running>>,
     reload_lock: tokio::sync::Mutex<u64>,
@@ -152,7 +152,7 @@ impl Gateway {
                 .unwrap_or(0),
             None => 0,
         };
-        let clients = ClientCache::default();
+        let clients = PoolCache::default();
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push((l.clone(), bind(l).await?));
@@ -268,6 +268,7 @@ impl Gateway {
         }
         let version = self.inner.snapshot.load().version + 1;
         let snap = Snapshot::build(version, config, &self.inner.clients);
+        self.inner.clients.retain_used(&snap.upstreams);
         self.inner.snapshot.store(Arc::new(snap));
         for (name, bind) in remove {
             self.stop_listener(&name, bind);

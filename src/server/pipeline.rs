@@ -191,11 +191,11 @@ async fn proxy(
         ))
     };
     let upstream_req = Request::from_parts(parts, proxy_body(body));
-    let res = upstream.forward(upstream_req, path_and_query).await?;
+    let (res, loan) = upstream.forward(upstream_req, path_and_query).await?;
 
     let (mut rp, rb) = res.into_parts();
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, request_id.clone());
     rp.version = Version::HTTP_11;
-    Ok(Response::from_parts(rp, GwBody::upstream(rb)))
+    Ok(Response::from_parts(rp, GwBody::upstream(rb, loan)))
 }

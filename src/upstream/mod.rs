@@ -1,19 +1,18 @@
-//! Upstreams: target selection and the pooled HTTP/1.1 client that forwards requests.
+//! Upstreams: target selection and forwarding over pooled HTTP/1.1 connections.
 //!
-//! Owns connection pools (kept across reloads, keyed by their settings), balancing
-//! (round robin) and the upstream side of header hygiene.
+//! Owns the connection pools (kept across reloads, keyed by target and settings),
+//! balancing (round robin) and the exchange with the upstream, including the one safe
+//! retry: a request that a reused connection could not even send goes out again on a
+//! fresh connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 
 use crate::config::UpstreamConfig;
@@ -21,65 +20,60 @@ use crate::error::GatewayError;
 use crate::protect::LimitedBody;
 
 mod body;
+mod pool;
 pub use body::ProxyBody;
+pub use pool::{ConnectError, Loan};
+use pool::Pool;
 
-/// The pooled client type.
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
-
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-/// Idle pooled connections kept per target.
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
-
-/// Clients (and so their connection pools) shared across config versions, keyed by the
-/// settings that shape them. A reload that keeps an upstream's settings keeps its pool.
+/// Pools shared across config versions. A reload that keeps a target keeps its warm
+/// connections; pools of targets no config uses any more are dropped at the next apply.
 #[derive(Debug, Default)]
-pub struct ClientCache {
+pub struct PoolCache {
     // Cold path: locked only while a config is compiled.
-    clients: Mutex<HashMap<Duration, HttpClient>>,
+    pools: Mutex<HashMap<(Authority, Duration), Arc<Pool>>>,
 }
 
-impl ClientCache {
-    fn get(&self, connect_timeout: Duration) -> HttpClient {
-        self.clients
+impl PoolCache {
+    fn get(&self, authority: &Authority, connect_timeout: Duration) -> Arc<Pool> {
+        self.pools
             .lock()
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut conn = HttpConnector::new();
-                conn.set_nodelay(true);
-                conn.set_connect_timeout(Some(connect_timeout));
-                conn.set_keepalive(Some(Duration::from_secs(60)));
-                conn.enforce_http(true);
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(POOL_IDLE)
-                    .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-                    .http1_preserve_header_case(false)
-                    .build(conn)
-            })
+            .entry((authority.clone(), connect_timeout))
+            .or_insert_with(|| Arc::new(Pool::new(authority.clone(), connect_timeout)))
             .clone()
     }
+
+    /// Drop the pools that none of `upstreams` uses.
+    pub fn retain_used(&self, upstreams: &[Arc<Upstream>]) {
+        self.pools.lock().retain(|_, p| upstreams.iter().any(|u| u.targets.iter().any(|t| Arc::ptr_eq(&t.pool, p))));
+    }
+}
+
+#[derive(Debug)]
+struct Target {
+    authority: Authority,
+    pool: Arc<Pool>,
 }
 
 /// One upstream of a config version.
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
-    targets: Vec<Authority>,
+    targets: Vec<Target>,
     next: AtomicUsize,
-    client: HttpClient,
     response_timeout: Duration,
 }
 
 impl Upstream {
-    /// Build from config, reusing a pooled client from `cache`.
-    pub fn new(cfg: &UpstreamConfig, cache: &ClientCache) -> Self {
+    /// Build from config, reusing pools from `cache`.
+    pub fn new(cfg: &UpstreamConfig, cache: &PoolCache) -> Self {
         Upstream {
             name: cfg.name.clone(),
-            targets: cfg.targets.iter().map(|t| t.authority.clone()).collect(),
+            targets: cfg
+                .targets
+                .iter()
+                .map(|t| Target { authority: t.authority.clone(), pool: cache.get(&t.authority, cfg.connect_timeout) })
+                .collect(),
             next: AtomicUsize::new(0),
-            client: cache.get(cfg.connect_timeout),
             response_timeout: cfg.response_timeout,
         }
     }
@@ -90,7 +84,7 @@ impl Upstream {
     }
 
     /// Round robin over the targets.
-    fn pick(&self) -> Option<&Authority> {
+    fn pick(&self) -> Option<&Target> {
         if self.targets.is_empty() {
             return None;
         }
@@ -98,39 +92,51 @@ impl Upstream {
         self.targets.get(n % self.targets.len())
     }
 
-    /// Send `req` (headers already cleaned) to a target. `path` is the normalised path with
-    /// the query, to be sent as is.
+    /// Send `req` (headers already cleaned, `Host` set) to a target. `path` is the
+    /// normalised path with the query. The [`Loan`] must travel with the response body.
     pub async fn forward(
         &self,
         mut req: Request<ProxyBody>,
         path: PathAndQuery,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        let target = self
-            .pick()
-            .ok_or_else(|| GatewayError::NoTarget {
-                upstream: self.name.clone(),
-            })?
-            .clone();
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(target);
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|_| GatewayError::BadRequest("unusable request target"))?;
+    ) -> Result<(Response<Incoming>, Option<Loan>), GatewayError> {
+        let target = self.pick().ok_or_else(|| GatewayError::NoTarget { upstream: self.name.clone() })?;
+        // HTTP/1.1 upstream requests use origin-form; Host carries the authority.
+        *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                upstream: self.name.clone(),
-            }),
-            Ok(Ok(res)) => Ok(res),
-            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect {
-                upstream: self.name.clone(),
-                source: e,
-            }),
-            Ok(Err(e)) => Err(GatewayError::Upstream {
-                upstream: self.name.clone(),
-                source: e,
-            }),
+        if !req.headers().contains_key(http::header::HOST)
+            && let Ok(h) = http::HeaderValue::from_str(target.authority.as_str())
+        {
+            req.headers_mut().insert(http::header::HOST, h);
+        }
+        let exchange = async {
+            let mut req = req;
+            loop {
+                let (mut tx, reused) = target.pool.checkout().await.map_err(|e| self.connect_error(e))?;
+                match tx.try_send_request(req).await {
+                    Ok(res) => return Ok((res, tx)),
+                    Err(mut e) => match e.take_message() {
+                        // Not sent at all: safe to send again, on another connection.
+                        Some(r) if reused => req = r,
+                        _ => return Err(GatewayError::Upstream { upstream: self.name.clone(), source: e.into_error() }),
+                    },
+                }
+            }
+        };
+        let (res, tx) = tokio::time::timeout(self.response_timeout, exchange)
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout { upstream: self.name.clone() })??;
+        let loan = Loan::new(tx, target.pool.clone());
+        if http_body::Body::is_end_stream(res.body()) {
+            loan.give_back();
+            return Ok((res, None));
+        }
+        Ok((res, Some(loan)))
+    }
+
+    fn connect_error(&self, source: ConnectError) -> GatewayError {
+        match source {
+            ConnectError::Timeout => GatewayError::UpstreamConnectTimeout { upstream: self.name.clone() },
+            source => GatewayError::UpstreamConnect { upstream: self.name.clone(), source },
         }
     }
 }
