@@ -45,10 +45,7 @@ impl Drop for Done {
 impl GwBody {
     /// A complete body.
     pub fn full(b: Bytes) -> Self {
-        GwBody {
-            kind: Kind::Full(Some(b)),
-            done: None,
-        }
+        GwBody { kind: Kind::Full(Some(b)), done: None }
     }
 
     /// The upstream's body, streamed; `loan` returns its connection to the pool at the end.
@@ -65,22 +62,15 @@ impl Body for GwBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
-            Kind::Full(b) => Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
+            Kind::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(inc, loan) => {
                 let r = Pin::new(&mut *inc).poll_frame(cx).map_err(Into::into);
-                if matches!(r, Poll::Ready(None)) || (matches!(r, Poll::Ready(Some(Ok(_)))) && inc.is_end_stream()) {
-                    if let Some(l) = loan.take() {
-                        l.give_back();
-                    }
+                if (matches!(r, Poll::Ready(None)) || (matches!(r, Poll::Ready(Some(Ok(_)))) && inc.is_end_stream()))
+                    && let Some(l) = loan.take()
+                {
+                    l.give_back();
                 }
                 r
             }

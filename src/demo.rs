@@ -74,11 +74,7 @@ fn backend_addrs(cfg: &Config) -> Vec<SocketAddr> {
     for u in &cfg.upstreams {
         for t in &u.targets {
             let host = t.authority.host();
-            let host = if host == "localhost" {
-                "127.0.0.1"
-            } else {
-                host
-            };
+            let host = if host == "localhost" { "127.0.0.1" } else { host };
             if let Ok(ip) = host.parse::<std::net::IpAddr>()
                 && ip.is_loopback()
             {
@@ -118,34 +114,20 @@ pub async fn serve_backend(listener: tokio::net::TcpListener, name: String) {
         let name = name.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| describe(name.clone(), req));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-async fn describe(
-    name: String,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn describe(name: String, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     // Sample backends read at most 1 MiB of body; they only report its size.
     let limited = http_body_util::Limited::new(body, 1 << 20);
-    let body_len = limited
-        .collect()
-        .await
-        .map(|c| c.to_bytes().len())
-        .unwrap_or(0);
+    let body_len = limited.collect().await.map(|c| c.to_bytes().len()).unwrap_or(0);
     let headers: BTreeMap<String, String> = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let doc = serde_json::json!({
         "backend": name,
@@ -158,9 +140,6 @@ async fn describe(
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');
     let mut res = Response::new(Full::new(Bytes::from(text)));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     Ok(res)
 }

@@ -67,9 +67,7 @@ pub enum GatewayError {
 }
 
 /// Find an error of type `E` anywhere in the cause chain.
-pub fn cause_ref<'a, E: StdError + 'static>(
-    mut err: &'a (dyn StdError + 'static),
-) -> Option<&'a E> {
+pub fn cause_ref<'a, E: StdError + 'static>(mut err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
     loop {
         if let Some(e) = err.downcast_ref::<E>() {
             return Some(e);
@@ -91,53 +89,35 @@ impl GatewayError {
                     "Content Too Large",
                     format!("the request body is larger than {limit} bytes"),
                 ),
-                BodyError::Timeout => (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Request Timeout",
-                    "the request body was not received in time".into(),
-                ),
-                BodyError::Client(_) => (
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request",
-                    "the request body could not be read".into(),
-                ),
+                BodyError::Timeout => {
+                    (StatusCode::REQUEST_TIMEOUT, "Request Timeout", "the request body was not received in time".into())
+                }
+                BodyError::Client(_) => {
+                    (StatusCode::BAD_REQUEST, "Bad Request", "the request body could not be read".into())
+                }
             };
         }
         match self {
-            GatewayError::RouteNotFound => (
-                StatusCode::NOT_FOUND,
-                "Not Found",
-                "no route matches this request".into(),
-            ),
+            GatewayError::RouteNotFound => (StatusCode::NOT_FOUND, "Not Found", "no route matches this request".into()),
             GatewayError::BadPath(e) => (StatusCode::BAD_REQUEST, "Bad Request", e.to_string()),
-            GatewayError::BadRequest(why) => {
-                (StatusCode::BAD_REQUEST, "Bad Request", (*why).into())
-            }
+            GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, "Bad Request", (*why).into()),
             GatewayError::BodyTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Content Too Large",
                 format!("the request body is larger than {limit} bytes"),
             ),
-            GatewayError::NoTarget { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-                "no upstream target is available".into(),
-            ),
-            GatewayError::UpstreamConnect { .. } => (
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway",
-                "the upstream service could not be reached".into(),
-            ),
-            GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamConnectTimeout { .. } => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway Timeout",
-                "the upstream service did not answer in time".into(),
-            ),
-            GatewayError::Upstream { .. } => (
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway",
-                "the upstream service failed to answer".into(),
-            ),
+            GatewayError::NoTarget { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "no upstream target is available".into())
+            }
+            GatewayError::UpstreamConnect { .. } => {
+                (StatusCode::BAD_GATEWAY, "Bad Gateway", "the upstream service could not be reached".into())
+            }
+            GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamConnectTimeout { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", "the upstream service did not answer in time".into())
+            }
+            GatewayError::Upstream { .. } => {
+                (StatusCode::BAD_GATEWAY, "Bad Gateway", "the upstream service failed to answer".into())
+            }
         }
     }
 }
@@ -169,21 +149,13 @@ pub fn problem_json(status: u16, title: &str, detail: &str, request_id: &str) ->
 }
 
 /// A problem+json response.
-pub fn problem(
-    status: StatusCode,
-    title: &str,
-    detail: &str,
-    request_id: &HeaderValue,
-) -> Response<GwBody> {
+pub fn problem(status: StatusCode, title: &str, detail: &str, request_id: &HeaderValue) -> Response<GwBody> {
     let id = request_id.to_str().unwrap_or("");
     let body = problem_json(status.as_u16(), title, detail, id);
     let mut res = Response::new(GwBody::full(body.into()));
     *res.status_mut() = status;
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(crate::protect::headers::X_REQUEST_ID, request_id.clone());
     res
@@ -193,12 +165,8 @@ pub fn problem(
 pub fn rescue(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> {
     let (status, title, detail) = err.describe();
     let mut res = problem(status, title, &detail, request_id);
-    if matches!(
-        status,
-        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST
-    ) {
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST) {
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res
 }

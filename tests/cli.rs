@@ -51,11 +51,7 @@ routes:
     public: true
 "#,
     );
-    let out = Command::new(BIN)
-        .args(["validate", "-c"])
-        .arg(&f)
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).args(["validate", "-c"]).arg(&f).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -68,36 +64,16 @@ routes:
     ];
     assert_eq!(lines.len(), want.len(), "{stdout}");
     for (line, w) in lines.iter().zip(want.iter()) {
-        assert!(
-            line.starts_with(w.as_str()),
-            "{line}\n  should start with\n{w}"
-        );
+        assert!(line.starts_with(w.as_str()), "{line}\n  should start with\n{w}");
     }
 
-    let good = write(
-        &dir,
-        "good.yaml",
-        &simple_config(&["127.0.0.1:9".parse().expect("addr")], "", ""),
-    );
-    let out = Command::new(BIN)
-        .args(["validate", "-c"])
-        .arg(&good)
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let good = write(&dir, "good.yaml", &simple_config(&["127.0.0.1:9".parse().expect("addr")], "", ""));
+    let out = Command::new(BIN).args(["validate", "-c"]).arg(&good).output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     let out = Command::new(BIN).args(["validate"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2), "usage error");
-    let out = Command::new(BIN)
-        .args(["validate", "-c"])
-        .arg(dir.join("missing.yaml"))
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).args(["validate", "-c"]).arg(dir.join("missing.yaml")).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -123,37 +99,20 @@ routes:
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(
-        text.contains("route: orders-v1 -> upstream orders"),
-        "{text}"
-    );
-    assert!(
-        text.contains("header: wants x-canary: 1, got (absent)"),
-        "{text}"
-    );
+    assert!(text.contains("route: orders-v1 -> upstream orders"), "{text}");
+    assert!(text.contains("header: wants x-canary: 1, got (absent)"), "{text}");
 
     let out = Command::new(BIN)
         .args(["explain", "-c"])
         .arg(&f)
-        .args([
-            "DELETE",
-            "http://other.org/v1/orders/../orders/7",
-            "-H",
-            "x-canary: 2",
-        ])
+        .args(["DELETE", "http://other.org/v1/orders/../orders/7", "-H", "x-canary: 2"])
         .output()
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("route: none"), "{text}");
-    assert!(
-        text.contains("host: wants api.example.com, got other.org"),
-        "{text}"
-    );
-    assert!(
-        text.contains("method: wants GET|HEAD, got DELETE"),
-        "{text}"
-    );
+    assert!(text.contains("host: wants api.example.com, got other.org"), "{text}");
+    assert!(text.contains("method: wants GET|HEAD, got DELETE"), "{text}");
     assert!(text.contains("header: wants x-canary: 1, got 2"), "{text}");
 }
 
@@ -196,28 +155,17 @@ impl Proc {
                 l2.lock().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("gateway did not report its address");
-        Proc {
-            child,
-            addr: addr.parse().expect("addr"),
-            logs,
-        }
+        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("gateway did not report its address");
+        Proc { child, addr: addr.parse().expect("addr"), logs }
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
         assert!(ok.success());
     }
 
     fn status_kb(&self, field: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("proc status");
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
         s.lines()
             .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -241,11 +189,8 @@ impl Proc {
 async fn sigterm_drains_slow_requests_and_refuses_new_connections() {
     let up = TestUpstream::start("a").await;
     let dir = scratch_dir();
-    let f = write(
-        &dir,
-        "gw.yaml",
-        &simple_config(&[up.addr], "", "").replace("shutdown_grace: 5s", "shutdown_grace: 20s"),
-    );
+    let f =
+        write(&dir, "gw.yaml", &simple_config(&[up.addr], "", "").replace("shutdown_grace: 5s", "shutdown_grace: 20s"));
     let mut p = Proc::start(&f);
     let addr = p.addr;
     let mut slow = Vec::new();
@@ -272,11 +217,7 @@ async fn sigterm_drains_slow_requests_and_refuses_new_connections() {
     assert!(refused, "still accepting after SIGTERM");
     for s in slow {
         let (status, _, body) = s.await.expect("task");
-        assert_eq!(
-            (status, body.as_str()),
-            (200, "a"),
-            "an in-flight request was cut"
-        );
+        assert_eq!((status, body.as_str()), (200, "a"), "an in-flight request was cut");
     }
     let code = tokio::task::spawn_blocking(move || {
         let c = p.wait_exit(Duration::from_secs(30));
@@ -285,11 +226,7 @@ async fn sigterm_drains_slow_requests_and_refuses_new_connections() {
     .await
     .expect("join");
     assert_eq!(code.0, Some(0), "{:#?}", code.1);
-    assert!(
-        code.1.iter().any(|l| l.contains("Drained")),
-        "{:#?}",
-        code.1
-    );
+    assert!(code.1.iter().any(|l| l.contains("Drained")), "{:#?}", code.1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,11 +244,7 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
     let url = format!("http://{}/", p.addr);
     assert_eq!(get(&url).await.2, "a");
 
-    std::fs::write(
-        &real,
-        "version: 1\nlisteners: [{ name: public, bind: nowhere }]\n",
-    )
-    .expect("write");
+    std::fs::write(&real, "version: 1\nlisteners: [{ name: public, bind: nowhere }]\n").expect("write");
     p.signal("HUP");
     let mut refused_logged = false;
     for _ in 0..500 {
@@ -335,23 +268,14 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(body, "b", "SIGHUP did not apply the new config");
-    assert!(
-        p.logs
-            .lock()
-            .iter()
-            .any(|l| l.contains("\"trigger\":\"SIGHUP\"") && l.contains("Reloaded"))
-    );
+    assert!(p.logs.lock().iter().any(|l| l.contains("\"trigger\":\"SIGHUP\"") && l.contains("Reloaded")));
 }
 
 #[test]
 fn run_with_an_invalid_config_exits_1() {
     let dir = scratch_dir();
     let f = write(&dir, "gw.yaml", "version: 1\nlisteners: []\n");
-    let out = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&f)
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).args(["run", "-c"]).arg(&f).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least one listener"));
 }
@@ -376,11 +300,7 @@ async fn a_100_mib_body_streams_through_without_buffering() {
     const CHUNK: usize = 64 * 1024;
     let up = TestUpstream::start("a").await;
     let dir = scratch_dir();
-    let f = write(
-        &dir,
-        "gw.yaml",
-        &simple_config(&[up.addr], "max_body_bytes: 200MiB", ""),
-    );
+    let f = write(&dir, "gw.yaml", &simple_config(&[up.addr], "max_body_bytes: 200MiB", ""));
     let p = Proc::start(&f);
     // warm up so the baseline includes the runtime and pools
     assert_eq!(get(&format!("http://{}/", p.addr)).await.0, 200);
@@ -390,10 +310,7 @@ async fn a_100_mib_body_streams_through_without_buffering() {
         let frames = futures_util::stream::unfold(Gen(0x9E3779B97F4A7C15), |mut g| async move {
             let mut buf = vec![0u8; CHUNK];
             g.fill(&mut buf);
-            Some((
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(buf))),
-                g,
-            ))
+            Some((Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(buf))), g))
         });
         let frames = futures_util::StreamExt::take(frames, TOTAL / CHUNK);
         let body = StreamBody::new(frames).boxed();
@@ -401,10 +318,7 @@ async fn a_100_mib_body_streams_through_without_buffering() {
         if !chunked {
             req = req.header("content-length", TOTAL.to_string());
         }
-        let res = client()
-            .request(req.body(body).expect("req"))
-            .await
-            .expect("response");
+        let res = client().request(req.body(body).expect("req")).await.expect("response");
         assert_eq!(res.status(), 200);
         let mut check = Gen(0x9E3779B97F4A7C15);
         let mut expect = vec![0u8; CHUNK];
@@ -430,8 +344,5 @@ async fn a_100_mib_body_streams_through_without_buffering() {
     let peak = p.status_kb("VmHWM:");
     let grew_mib = peak.saturating_sub(rss_before) / 1024;
     eprintln!("gateway peak RSS grew by {grew_mib} MiB over the 2 x 100 MiB transfers");
-    assert!(
-        grew_mib < 64,
-        "gateway memory grew by {grew_mib} MiB (peak {peak} KiB, before {rss_before} KiB)"
-    );
+    assert!(grew_mib < 64, "gateway memory grew by {grew_mib} MiB (peak {peak} KiB, before {rss_before} KiB)");
 }

@@ -18,10 +18,7 @@ async fn setup() -> (TestUpstream, TestGateway) {
 }
 
 fn status_of(resp: &str) -> u16 {
-    resp.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 fn body_of(resp: &str) -> serde_json::Value {
@@ -31,33 +28,19 @@ fn body_of(resp: &str) -> serde_json::Value {
 
 fn assert_problem(resp: &str, status: u16) {
     assert_eq!(status_of(resp), status, "{resp}");
-    assert!(
-        resp.to_ascii_lowercase()
-            .contains("content-type: application/problem+json"),
-        "{resp}"
-    );
-    assert!(
-        resp.to_ascii_lowercase().contains("connection: close"),
-        "{resp}"
-    );
+    assert!(resp.to_ascii_lowercase().contains("content-type: application/problem+json"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("connection: close"), "{resp}");
     let v = body_of(resp);
     assert_eq!(v["status"], status);
-    assert!(
-        v["request_id"].as_str().is_some_and(|s| !s.is_empty()),
-        "{resp}"
-    );
+    assert!(v["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{resp}");
 }
 
 #[tokio::test]
 async fn slow_head_is_408_and_closed() {
     // slowloris: a head that never ends
     let (_up, gw) = setup().await;
-    let (resp, closed) = raw_exchange(
-        gw.addr(),
-        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1",
-        Duration::from_secs(10),
-    )
-    .await;
+    let (resp, closed) =
+        raw_exchange(gw.addr(), b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1", Duration::from_secs(10)).await;
     assert!(closed, "connection left open");
     assert_problem(&resp, 408);
 }
@@ -73,29 +56,20 @@ async fn silent_connection_is_closed_without_answer() {
 #[tokio::test]
 async fn idle_keepalive_connection_is_closed() {
     let (_up, gw) = setup().await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr())
-        .await
-        .expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // then nothing: the gateway closes after idle_timeout, without sending anything
-    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("closed in time");
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed in time");
     assert_eq!(r.expect("read"), 0);
 }
 
 #[tokio::test]
 async fn oversized_head_is_431() {
     let (up, gw) = setup().await;
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(4096)
-    );
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(4096));
     let (resp, closed) = raw_exchange(gw.addr(), big.as_bytes(), Duration::from_secs(10)).await;
     assert!(closed);
     assert_problem(&resp, 431);
@@ -127,10 +101,7 @@ async fn long_request_line_is_414() {
 #[tokio::test]
 async fn declared_body_over_limit_is_413_before_the_upstream() {
     let (up, gw) = setup().await;
-    let req = format!(
-        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}",
-        "b".repeat(5000)
-    );
+    let req = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}", "b".repeat(5000));
     let (resp, closed) = raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await;
     assert!(closed);
     assert_problem(&resp, 413);
@@ -140,8 +111,7 @@ async fn declared_body_over_limit_is_413_before_the_upstream() {
 #[tokio::test]
 async fn chunked_body_over_limit_is_413() {
     let (_up, gw) = setup().await;
-    let mut req =
-        String::from("POST /collect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut req = String::from("POST /collect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
     for _ in 0..4 {
         req.push_str(&format!("200\r\n{}\r\n", "c".repeat(512)));
     }
@@ -179,24 +149,11 @@ async fn smuggling_shapes_are_refused() {
     .await;
     assert!(closed, "{resp}");
     assert!(!resp.contains("smuggled"), "{resp}");
-    assert_eq!(
-        resp.matches("HTTP/1.1").count(),
-        1,
-        "a second request was served: {resp}"
-    );
+    assert_eq!(resp.matches("HTTP/1.1").count(), 1, "a second request was served: {resp}");
     if status_of(&resp) == 200 {
         let seen = up.last();
-        assert!(
-            !seen.headers.contains_key("content-length"),
-            "{:?}",
-            seen.headers
-        );
-        assert!(
-            up.seen
-                .lock()
-                .iter()
-                .all(|s| s.path_and_query != "/smuggled")
-        );
+        assert!(!seen.headers.contains_key("content-length"), "{:?}", seen.headers);
+        assert!(up.seen.lock().iter().all(|s| s.path_and_query != "/smuggled"));
     }
     up.seen.lock().clear();
     up.hits.store(0, std::sync::atomic::Ordering::SeqCst);
@@ -216,30 +173,15 @@ async fn smuggling_shapes_are_refused() {
         let (resp, closed) = raw_exchange(gw.addr(), case, Duration::from_secs(10)).await;
         let status = status_of(&resp);
         assert!(closed, "case {i}: connection left open: {resp}");
-        assert!(
-            status == 400 || status == 501 || (resp.is_empty()),
-            "case {i}: got {resp:?}"
-        );
+        assert!(status == 400 || status == 501 || (resp.is_empty()), "case {i}: got {resp:?}");
     }
-    assert_eq!(
-        up.hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "an ambiguous request reached the upstream"
-    );
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0, "an ambiguous request reached the upstream");
 }
 
 #[tokio::test]
 async fn invalid_paths_are_400_problem_json() {
     let (up, gw) = setup().await;
-    for path in [
-        "/a%5Cb",
-        "/%2e%2e%5c",
-        "/..;/admin",
-        "/%c0%ae%c0%ae/x",
-        "/%EF%BC%8E%EF%BC%8E/x",
-        "/a%00",
-        "/%zz",
-    ] {
+    for path in ["/a%5Cb", "/%2e%2e%5c", "/..;/admin", "/%c0%ae%c0%ae/x", "/%EF%BC%8E%EF%BC%8E/x", "/a%00", "/%zz"] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
         let (resp, closed) = raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await;
         assert!(closed, "{path}");
@@ -253,27 +195,18 @@ async fn connections_per_ip_are_capped() {
     let (_up, gw) = setup().await;
     let mut held = Vec::new();
     for _ in 0..4 {
-        let mut s = tokio::net::TcpStream::connect(gw.addr())
-            .await
-            .expect("connect");
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
         let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).await.expect("read");
         assert!(n > 0);
         held.push(s);
     }
     // the fifth from the same IP is closed at once
-    let mut s = tokio::net::TcpStream::connect(gw.addr())
-        .await
-        .expect("connect");
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
     let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("closed")
-        .unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed").unwrap_or(0);
     assert_eq!(n, 0);
     drop(held);
     // and once they close, new connections are served again
@@ -286,9 +219,7 @@ async fn connections_per_ip_are_capped() {
 async fn keepalive_requests_each_get_a_fresh_head_budget() {
     // many small requests on one connection: the head limit applies per request, not per connection
     let (_up, gw) = setup().await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr())
-        .await
-        .expect("connect");
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
     let mut buf = vec![0u8; 8192];
     for _ in 0..50 {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n").await.expect("write");

@@ -15,47 +15,23 @@ async fn bodies_round_trip_byte_exact_with_length_and_chunked() {
     for size in [0usize, 1024, 300 * 1024] {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         // Content-Length
-        let (status, _, body) = send_bytes(
-            Request::post(gw.url("/echo"))
-                .body(full(data.clone()))
-                .expect("req"),
-        )
-        .await;
+        let (status, _, body) = send_bytes(Request::post(gw.url("/echo")).body(full(data.clone())).expect("req")).await;
         assert_eq!(status, 200);
-        assert!(
-            body[..] == data[..],
-            "content-length body of {size} came back as {} different bytes",
-            body.len()
-        );
+        assert!(body[..] == data[..], "content-length body of {size} came back as {} different bytes", body.len());
         if size > 0 {
             assert_eq!(
-                up.last()
-                    .headers
-                    .get("content-length")
-                    .map(|v| v.to_str().unwrap_or("")),
+                up.last().headers.get("content-length").map(|v| v.to_str().unwrap_or("")),
                 Some(size.to_string().as_str())
             );
         }
         // chunked: a stream of 1 KiB frames
-        let chunks: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = data
-            .chunks(1024)
-            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
-            .collect();
+        let chunks: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
+            data.chunks(1024).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
         let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
-        let (status, _, got) =
-            send_bytes(Request::post(gw.url("/echo")).body(body).expect("req")).await;
+        let (status, _, got) = send_bytes(Request::post(gw.url("/echo")).body(body).expect("req")).await;
         assert_eq!(status, 200);
-        assert!(
-            got[..] == data[..],
-            "chunked body of {size} came back as {} different bytes",
-            got.len()
-        );
-        assert!(
-            up.last()
-                .headers
-                .get("transfer-encoding")
-                .is_some_and(|v| v == "chunked")
-        );
+        assert!(got[..] == data[..], "chunked body of {size} came back as {} different bytes", got.len());
+        assert!(up.last().headers.get("transfer-encoding").is_some_and(|v| v == "chunked"));
     }
 }
 
@@ -115,19 +91,13 @@ async fn request_id_is_generated_or_kept_and_returned() {
     assert_eq!(id.len(), 32);
     assert_eq!(up.last().headers["x-request-id"], id.as_str());
 
-    let req = Request::get(gw.url("/"))
-        .header("x-request-id", "trace-abc.123")
-        .body(full(""))
-        .expect("req");
+    let req = Request::get(gw.url("/")).header("x-request-id", "trace-abc.123").body(full("")).expect("req");
     let (_, headers, _) = send(req).await;
     assert_eq!(headers["x-request-id"], "trace-abc.123");
     assert_eq!(up.last().headers["x-request-id"], "trace-abc.123");
 
     // a hostile id is replaced
-    let req = Request::get(gw.url("/"))
-        .header("x-request-id", "x\"><script>")
-        .body(full(""))
-        .expect("req");
+    let req = Request::get(gw.url("/")).header("x-request-id", "x\"><script>").body(full("")).expect("req");
     let (_, headers, _) = send(req).await;
     assert_ne!(headers["x-request-id"], "x\"><script>");
 }
@@ -147,10 +117,7 @@ async fn no_route_is_404_problem_json() {
 #[tokio::test]
 async fn dead_upstream_is_502_without_internal_addresses() {
     // a port that was just free: nothing listens there
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     let gw = TestGateway::start(&simple_config(&[dead], "", "")).await;
     let (status, headers, body) = get(&gw.url("/x")).await;
     problem(status, &headers, &body);
@@ -186,14 +153,8 @@ async fn round_robin_spreads_requests() {
 async fn h2c_prior_knowledge_is_proxied_to_an_http1_upstream() {
     let up = TestUpstream::start("a").await;
     let gw = TestGateway::start(&simple_config(&[up.addr], "", "")).await;
-    let res = h2_client()
-        .request(
-            Request::post(gw.url("/echo/h2"))
-                .body(full("over h2"))
-                .expect("req"),
-        )
-        .await
-        .expect("h2");
+    let res =
+        h2_client().request(Request::post(gw.url("/echo/h2")).body(full("over h2")).expect("req")).await.expect("h2");
     assert_eq!(res.version(), http::Version::HTTP_2);
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("x-request-id"));
@@ -212,10 +173,7 @@ async fn upstream_connections_are_pooled() {
     // same peer port each time
     let c = client();
     for _ in 0..20 {
-        let res = c
-            .request(Request::get(gw.url("/")).body(full("")).expect("req"))
-            .await
-            .expect("res");
+        let res = c.request(Request::get(gw.url("/")).body(full("")).expect("req")).await.expect("res");
         let _ = res.into_body().collect().await;
     }
     let peers: std::collections::HashSet<_> = up.seen.lock().iter().map(|s| s.peer).collect();

@@ -28,10 +28,7 @@ async fn requests_across_ten_reloads_all_succeed() {
         clients.push(tokio::spawn(async move {
             let c = client();
             while !stop.load(Ordering::Relaxed) {
-                let good = match c
-                    .request(Request::get(&url).body(full("")).expect("req"))
-                    .await
-                {
+                let good = match c.request(Request::get(&url).body(full("")).expect("req")).await {
                     Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
                     Err(_) => false,
                 };
@@ -53,19 +50,9 @@ async fn requests_across_ten_reloads_all_succeed() {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let targets = if i % 2 == 0 {
-            vec![b.addr]
-        } else {
-            vec![a.addr, b.addr]
-        };
-        let r = gw
-            .rewrite(&simple_config(
-                &targets,
-                &format!("max_body_bytes: {}KiB", 100 + i),
-                "",
-            ))
-            .await
-            .expect("reload");
+        let targets = if i % 2 == 0 { vec![b.addr] } else { vec![a.addr, b.addr] };
+        let r =
+            gw.rewrite(&simple_config(&targets, &format!("max_body_bytes: {}KiB", 100 + i), "")).await.expect("reload");
         versions.push(r);
     }
     let target = ok.load(Ordering::Relaxed) + 200;
@@ -79,21 +66,9 @@ async fn requests_across_ten_reloads_all_succeed() {
     for c in clients {
         c.await.expect("client task");
     }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during reloads"
-    );
-    assert!(
-        ok.load(Ordering::Relaxed) >= 2000,
-        "only {} requests",
-        ok.load(Ordering::Relaxed)
-    );
-    assert_eq!(
-        versions.last(),
-        Some(&Reloaded::Applied(11)),
-        "{versions:?}"
-    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during reloads");
+    assert!(ok.load(Ordering::Relaxed) >= 2000, "only {} requests", ok.load(Ordering::Relaxed));
+    assert_eq!(versions.last(), Some(&Reloaded::Applied(11)), "{versions:?}");
     assert!(a.hits.load(Ordering::Relaxed) > 0 && b.hits.load(Ordering::Relaxed) > 0);
 }
 
@@ -101,17 +76,10 @@ async fn requests_across_ten_reloads_all_succeed() {
 async fn an_invalid_reload_keeps_the_old_config_serving() {
     let a = TestUpstream::start("a").await;
     let gw = TestGateway::start(&simple_config(&[a.addr], "", "")).await;
-    let bad = simple_config(&[a.addr], "header_timeout: soon", "")
-        .replace("upstream: up", "upstream: nope");
-    let err = gw
-        .rewrite(&bad)
-        .await
-        .expect_err("invalid config must be refused");
+    let bad = simple_config(&[a.addr], "header_timeout: soon", "").replace("upstream: up", "upstream: nope");
+    let err = gw.rewrite(&bad).await.expect_err("invalid config must be refused");
     let text = err.to_string();
-    assert!(
-        text.contains("header_timeout") && text.contains("unknown upstream `nope`"),
-        "{text}"
-    );
+    assert!(text.contains("header_timeout") && text.contains("unknown upstream `nope`"), "{text}");
     assert_eq!(gw.gw.snapshot().version, 1);
     let (status, _, body) = get(&gw.url("/still")).await;
     assert_eq!((status, body.as_str()), (200, "a"));
@@ -120,30 +88,19 @@ async fn an_invalid_reload_keeps_the_old_config_serving() {
     let (status, _, _) = get(&gw.url("/still")).await;
     assert_eq!(status, 200);
     // and an unchanged file is not a new version
-    gw.rewrite(&simple_config(&[a.addr], "", ""))
-        .await
-        .expect("good again");
-    assert_eq!(
-        gw.gw.reload().await.expect("same"),
-        Reloaded::Unchanged(gw.gw.snapshot().version)
-    );
+    gw.rewrite(&simple_config(&[a.addr], "", "")).await.expect("good again");
+    assert_eq!(gw.gw.reload().await.expect("same"), Reloaded::Unchanged(gw.gw.snapshot().version));
 }
 
 fn two_listeners(up: std::net::SocketAddr, second: bool) -> String {
-    let extra = if second {
-        "  - { name: second, bind: \"127.0.0.1:0\" }\n"
-    } else {
-        ""
-    };
+    let extra = if second { "  - { name: second, bind: \"127.0.0.1:0\" }\n" } else { "" };
     format!(
         "version: 1\nlisteners:\n  - {{ name: public, bind: \"127.0.0.1:0\" }}\n{extra}upstreams:\n  - {{ name: up, targets: [{{ url: \"http://{up}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: up, public: true }}\n"
     )
 }
 
 async fn get_on(s: &mut tokio::net::TcpStream) -> String {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.expect("read");
     String::from_utf8_lossy(&buf[..n]).into_owned()
@@ -153,9 +110,7 @@ async fn get_on(s: &mut tokio::net::TcpStream) -> String {
 async fn adding_and_removing_a_listener_leaves_the_others_alone() {
     let a = TestUpstream::start("a").await;
     let gw = TestGateway::start(&two_listeners(a.addr, false)).await;
-    let mut kept = tokio::net::TcpStream::connect(gw.addr())
-        .await
-        .expect("connect");
+    let mut kept = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
     assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"));
 
     gw.rewrite(&two_listeners(a.addr, true)).await.expect("add");
@@ -163,14 +118,9 @@ async fn adding_and_removing_a_listener_leaves_the_others_alone() {
     let (status, _, _) = get(&format!("http://{second}/")).await;
     assert_eq!(status, 200);
     assert_eq!(gw.gw.local_addr("public"), Some(gw.addr()));
-    assert!(
-        get_on(&mut kept).await.starts_with("HTTP/1.1 200"),
-        "the open connection was disturbed"
-    );
+    assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"), "the open connection was disturbed");
 
-    gw.rewrite(&two_listeners(a.addr, false))
-        .await
-        .expect("remove");
+    gw.rewrite(&two_listeners(a.addr, false)).await.expect("remove");
     assert_eq!(gw.gw.local_addr("second"), None);
     let mut refused = false;
     for _ in 0..100 {
@@ -181,10 +131,7 @@ async fn adding_and_removing_a_listener_leaves_the_others_alone() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "the removed listener still accepts");
-    assert!(
-        get_on(&mut kept).await.starts_with("HTTP/1.1 200"),
-        "the open connection was disturbed"
-    );
+    assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"), "the open connection was disturbed");
 }
 
 #[tokio::test]
@@ -201,9 +148,7 @@ async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    gw.rewrite(&simple_config(&[b.addr], "", ""))
-        .await
-        .expect("reload");
+    gw.rewrite(&simple_config(&[b.addr], "", "")).await.expect("reload");
     let (status, _, body) = slow.await.expect("slow request");
     assert_eq!((status, body.as_str()), (200, "a"));
     let (status, _, body) = get(&gw.url("/after")).await;

@@ -38,9 +38,7 @@ routes:
 
 async fn raw_get(gw: &TestGateway, target: &str, host: &str) -> String {
     let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10))
-        .await
-        .0
+    raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await.0
 }
 
 #[tokio::test]
@@ -89,33 +87,18 @@ async fn no_spelling_climbs_out_of_a_prefix() {
     ];
     for path in attempts {
         let resp = raw_get(&gw, path, "localhost").await;
-        let status: u16 = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status: u16 = resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         assert!(matches!(status, 200 | 400 | 404), "{path}: {resp}");
         if status == 200 {
             let got = p.last().path_and_query;
-            assert!(
-                got.starts_with("/public/") || got == "/public",
-                "{path} reached the public upstream as {got}"
-            );
+            assert!(got.starts_with("/public/") || got == "/public", "{path} reached the public upstream as {got}");
             let segments: Vec<&str> = got.split('/').collect();
-            assert!(
-                !segments.contains(&"..") && !segments.contains(&"."),
-                "{path} -> {got}"
-            );
+            assert!(!segments.contains(&"..") && !segments.contains(&"."), "{path} -> {got}");
         }
     }
-    assert_eq!(
-        a.hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the admin upstream was reached"
-    );
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the admin upstream was reached");
     // with the header it is reachable, so the route itself works
-    let req =
-        "GET /admin/x HTTP/1.1\r\nHost: localhost\r\nX-Internal: yes\r\nConnection: close\r\n\r\n";
+    let req = "GET /admin/x HTTP/1.1\r\nHost: localhost\r\nX-Internal: yes\r\nConnection: close\r\n\r\n";
     let (resp, _) = raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
@@ -125,43 +108,17 @@ async fn templates_methods_and_hosts() {
     let p = TestUpstream::start("public").await;
     let a = TestUpstream::start("admin").await;
     let gw = TestGateway::start(&config(p.addr, a.addr)).await;
-    assert!(
-        raw_get(&gw, "/v1/orders/42", "localhost")
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    assert!(raw_get(&gw, "/v1/orders/42", "localhost").await.starts_with("HTTP/1.1 200"));
     assert_eq!(a.last().path_and_query, "/v1/orders/42");
-    assert!(
-        raw_get(&gw, "/v1/orders/42/items", "localhost")
-            .await
-            .starts_with("HTTP/1.1 404")
-    );
+    assert!(raw_get(&gw, "/v1/orders/42/items", "localhost").await.starts_with("HTTP/1.1 404"));
     let req = "DELETE /v1/orders/42 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    assert!(
-        raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10))
-            .await
-            .0
-            .starts_with("HTTP/1.1 404")
-    );
+    assert!(raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await.0.starts_with("HTTP/1.1 404"));
     // HEAD is allowed wherever GET is
     let req = "HEAD /v1/orders/42 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    assert!(
-        raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10))
-            .await
-            .0
-            .starts_with("HTTP/1.1 200")
-    );
+    assert!(raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await.0.starts_with("HTTP/1.1 200"));
     // host match is case-insensitive and ignores the port and a trailing dot
     let before = a.hits.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        raw_get(&gw, "/anything", "API.Example.COM.:8080")
-            .await
-            .starts_with("HTTP/1.1 200")
-    );
+    assert!(raw_get(&gw, "/anything", "API.Example.COM.:8080").await.starts_with("HTTP/1.1 200"));
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), before + 1);
-    assert!(
-        raw_get(&gw, "/anything", "example.com")
-            .await
-            .starts_with("HTTP/1.1 404")
-    );
+    assert!(raw_get(&gw, "/anything", "example.com").await.starts_with("HTTP/1.1 404"));
 }

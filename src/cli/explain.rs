@@ -26,10 +26,7 @@ pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) ->
             eprintln!("invalid header `{h}`: expected 'Name: value'");
             return ExitCode::from(2);
         };
-        match (
-            HeaderName::from_bytes(n.trim().as_bytes()),
-            HeaderValue::from_str(v.trim()),
-        ) {
+        match (HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim())) {
             (Ok(n), Ok(v)) => {
                 map.append(n, v);
             }
@@ -45,11 +42,7 @@ pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) ->
         .map(str::to_string)
         .or_else(|| uri.host().map(str::to_string))
         .map(|h| {
-            let h = if h.starts_with('[') {
-                h
-            } else {
-                h.rsplit_once(':').map_or(h.clone(), |(a, _)| a.to_string())
-            };
+            let h = if h.starts_with('[') { h } else { h.rsplit_once(':').map_or(h.clone(), |(a, _)| a.to_string()) };
             h.trim_end_matches('.').to_ascii_lowercase()
         });
     let path = match normalise(uri.path()) {
@@ -60,26 +53,16 @@ pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) ->
             return ExitCode::from(1);
         }
     };
-    println!(
-        "request: {method} host={} path={path}",
-        host.as_deref().unwrap_or("(none)")
-    );
+    println!("request: {method} host={} path={path}", host.as_deref().unwrap_or("(none)"));
     if path != uri.path() {
         println!("  (path normalised from {})", uri.path());
     }
     let table = Table::new(&cfg.routes);
-    let e = table.explain(&RequestView {
-        host: host.as_deref(),
-        path: &path,
-        method: &method,
-        headers: &map,
-    });
+    let e = table.explain(&RequestView { host: host.as_deref(), path: &path, method: &method, headers: &map });
     let code = match &e.chosen {
         Some(name) => {
             let r = table.routes().iter().find(|r| &r.name == name);
-            let up = r
-                .map(|r| cfg.upstreams[r.upstream].name.as_str())
-                .unwrap_or("?");
+            let up = r.map(|r| cfg.upstreams[r.upstream].name.as_str()).unwrap_or("?");
             println!("route: {name} -> upstream {up}");
             ExitCode::SUCCESS
         }

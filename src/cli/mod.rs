@@ -65,21 +65,12 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     match cli.cmd {
         Cmd::Validate { config } => validate(&config),
-        Cmd::Explain {
-            config,
-            method,
-            url,
-            headers,
-        } => explain::run(&config, &method, &url, &headers),
+        Cmd::Explain { config, method, url, headers } => explain::run(&config, &method, &url, &headers),
         Cmd::Run { config } => {
             observe::init_logging();
             match load_or_report(&config) {
@@ -147,17 +138,14 @@ pub(crate) fn run(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>)
 async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers first: a signal that arrives while we bind must not kill the process.
-    let (mut term, mut int, hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            eprintln!("cannot install signal handlers");
-            return ExitCode::from(1);
-        }
-    };
+    let (mut term, mut int, hup) =
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            _ => {
+                eprintln!("cannot install signal handlers");
+                return ExitCode::from(1);
+            }
+        };
     let grace = cfg.node.shutdown_grace;
     let node = cfg.node.name.clone();
     let gw = match Gateway::start(cfg, path).await {

@@ -45,11 +45,7 @@ fn key_str(n: &Node) -> &str {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 impl<'n> Fields<'n> {
@@ -62,19 +58,10 @@ impl<'n> Fields<'n> {
                         d.err(k.pos, &join(path, key_str(k)), "duplicate key");
                     }
                 }
-                Some(Fields {
-                    path: path.to_string(),
-                    entries,
-                    used: vec![false; entries.len()],
-                    known: Vec::new(),
-                })
+                Some(Fields { path: path.to_string(), entries, used: vec![false; entries.len()], known: Vec::new() })
             }
             _ => {
-                d.err(
-                    node.pos,
-                    path,
-                    format!("expected a mapping, found {}", node.type_name()),
-                );
+                d.err(node.pos, path, format!("expected a mapping, found {}", node.type_name()));
                 None
             }
         }
@@ -86,11 +73,7 @@ impl<'n> Fields<'n> {
         let i = self.entries.iter().position(|(k, _)| key_str(k) == key)?;
         self.used[i] = true;
         let v = &self.entries[i].1;
-        if v.is_null() {
-            None
-        } else {
-            Some((v, join(&self.path, key)))
-        }
+        if v.is_null() { None } else { Some((v, join(&self.path, key))) }
     }
 
     /// Refuse a key that names a capability this version does not have yet.
@@ -99,11 +82,7 @@ impl<'n> Fields<'n> {
         if let Some(i) = self.entries.iter().position(|(k, _)| key_str(k) == key) {
             self.used[i] = true;
             let k = &self.entries[i].0;
-            d.err(
-                k.pos,
-                &join(&self.path, key),
-                format!("{what} is not supported yet in this version of Portcullis"),
-            );
+            d.err(k.pos, &join(&self.path, key), format!("{what} is not supported yet in this version of Portcullis"));
         }
     }
 
@@ -117,11 +96,7 @@ impl<'n> Fields<'n> {
                 d.err(
                     k.pos,
                     &join(&self.path, key_str(k)),
-                    format!(
-                        "unknown field `{}`; expected one of: {}",
-                        key_str(k),
-                        known.join(", ")
-                    ),
+                    format!("unknown field `{}`; expected one of: {}", key_str(k), known.join(", ")),
                 );
             }
         }
@@ -132,11 +107,7 @@ fn scalar<'n>(d: &mut Decoder<'_>, node: &'n Node, path: &str) -> Option<&'n str
     match &node.kind {
         Kind::Scalar { value, .. } => Some(value),
         _ => {
-            d.err(
-                node.pos,
-                path,
-                format!("expected a value, found {}", node.type_name()),
-            );
+            d.err(node.pos, path, format!("expected a value, found {}", node.type_name()));
             None
         }
     }
@@ -146,14 +117,9 @@ fn name(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<String> {
     let s = scalar(d, node, path)?;
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
-        d.err(
-            node.pos,
-            path,
-            format!("invalid name `{s}`: 1-64 letters, digits, `-`, `_` or `.`"),
-        );
+        d.err(node.pos, path, format!("invalid name `{s}`: 1-64 letters, digits, `-`, `_` or `.`"));
         return None;
     }
     Some(s.to_string())
@@ -164,11 +130,7 @@ fn boolean(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<bool> {
         "true" => Some(true),
         "false" => Some(false),
         other => {
-            d.err(
-                node.pos,
-                path,
-                format!("expected true or false, found `{other}`"),
-            );
+            d.err(node.pos, path, format!("expected true or false, found `{other}`"));
             None
         }
     }
@@ -193,11 +155,7 @@ fn size(d: &mut Decoder<'_>, node: &Node, path: &str, min: u64, max: u64) -> Opt
     let s = scalar(d, node, path)?;
     match parse_size(s) {
         Ok(v) if v < min || v > max => {
-            d.err(
-                node.pos,
-                path,
-                format!("must be between {min} and {max} bytes"),
-            );
+            d.err(node.pos, path, format!("must be between {min} and {max} bytes"));
             None
         }
         Ok(v) => Some(v),
@@ -213,11 +171,7 @@ fn integer(d: &mut Decoder<'_>, node: &Node, path: &str, min: u64, max: u64) -> 
     match s.parse::<u64>() {
         Ok(v) if (min..=max).contains(&v) => Some(v),
         _ => {
-            d.err(
-                node.pos,
-                path,
-                format!("expected a whole number from {min} to {max}, found `{s}`"),
-            );
+            d.err(node.pos, path, format!("expected a whole number from {min} to {max}, found `{s}`"));
             None
         }
     }
@@ -227,11 +181,7 @@ fn seq<'n>(d: &mut Decoder<'_>, node: &'n Node, path: &str) -> &'n [Node] {
     match &node.kind {
         Kind::Seq(items) => items,
         _ => {
-            d.err(
-                node.pos,
-                path,
-                format!("expected a list, found {}", node.type_name()),
-            );
+            d.err(node.pos, path, format!("expected a list, found {}", node.type_name()));
             &[]
         }
     }
@@ -239,17 +189,10 @@ fn seq<'n>(d: &mut Decoder<'_>, node: &'n Node, path: &str) -> &'n [Node] {
 
 /// Decode and validate a whole file. `file` is the name used in error messages.
 pub(super) fn decode(file: &str, root: Option<&Node>) -> Result<Config, ConfigErrors> {
-    let mut d = Decoder {
-        file,
-        errors: Vec::new(),
-    };
+    let mut d = Decoder { file, errors: Vec::new() };
     let top = Pos { line: 1, col: 1 };
     let Some(root) = root else {
-        d.err(
-            top,
-            "version",
-            "the file is empty; it needs at least `version: 1`",
-        );
+        d.err(top, "version", "the file is empty; it needs at least `version: 1`");
         return Err(ConfigErrors(d.errors));
     };
     let cfg = decode_root(&mut d, root);
@@ -269,11 +212,7 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
             if let Some(v) = scalar(d, n, &p)
                 && v != "1"
             {
-                d.err(
-                    n.pos,
-                    &p,
-                    format!("unsupported version `{v}`; this Portcullis reads version 1"),
-                );
+                d.err(n.pos, &p, format!("unsupported version `{v}`; this Portcullis reads version 1"));
             }
         }
         None => d.err(root.pos, "version", "missing `version: 1`"),
@@ -303,20 +242,11 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
     f.unsupported(d, "observability", "`observability` (access log, tracing)");
     f.unsupported(d, "cluster", "`cluster`");
     f.finish(d);
-    Some(Config {
-        node: node?,
-        listeners,
-        upstreams: upstreams.into_iter().map(|(u, _)| u).collect(),
-        routes,
-    })
+    Some(Config { node: node?, listeners, upstreams: upstreams.into_iter().map(|(u, _)| u).collect(), routes })
 }
 
 fn default_node() -> NodeConfig {
-    NodeConfig {
-        name: "portcullis".into(),
-        workers: None,
-        shutdown_grace: Duration::from_secs(30),
-    }
+    NodeConfig { name: "portcullis".into(), workers: None, shutdown_grace: Duration::from_secs(30) }
 }
 
 fn decode_node(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<NodeConfig> {
@@ -331,18 +261,9 @@ fn decode_node(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<NodeConfi
         && let Some(v) = scalar(d, n, &p)
         && v != "auto"
     {
-        match v
-            .parse::<usize>()
-            .ok()
-            .filter(|x| (1..=1024).contains(x))
-            .and_then(NonZeroUsize::new)
-        {
+        match v.parse::<usize>().ok().filter(|x| (1..=1024).contains(x)).and_then(NonZeroUsize::new) {
             Some(w) => out.workers = Some(w),
-            None => d.err(
-                n.pos,
-                &p,
-                format!("expected `auto` or a number of threads from 1 to 1024, found `{v}`"),
-            ),
+            None => d.err(n.pos, &p, format!("expected `auto` or a number of threads from 1 to 1024, found `{v}`")),
         }
     }
     if let Some((n, p)) = f.get("shutdown_grace")
@@ -392,7 +313,11 @@ fn decode_listeners(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<Listene
                     Some(a)
                 }
                 Err(_) => {
-                    d.err(n.pos, &p, format!("invalid bind address `{s}`: expected IP:PORT like 0.0.0.0:8080 or [::]:8080"));
+                    d.err(
+                        n.pos,
+                        &p,
+                        format!("invalid bind address `{s}`: expected IP:PORT like 0.0.0.0:8080 or [::]:8080"),
+                    );
                     None
                 }
             }),
@@ -483,15 +408,15 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
             balance = match scalar(d, n, &p) {
                 Some("round_robin") => Some(Balance::RoundRobin),
                 Some(b @ ("weighted" | "least_request" | "consistent_hash" | "random")) => {
-                    d.err(n.pos, &p, format!("balance `{b}` is not supported yet in this version of Portcullis (round_robin is)"));
-                    None
-                }
-                Some(other) => {
                     d.err(
                         n.pos,
                         &p,
-                        format!("unknown balance `{other}`; expected round_robin"),
+                        format!("balance `{b}` is not supported yet in this version of Portcullis (round_robin is)"),
                     );
+                    None
+                }
+                Some(other) => {
+                    d.err(n.pos, &p, format!("unknown balance `{other}`; expected round_robin"));
                     None
                 }
                 None => None,
@@ -542,13 +467,7 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
         if let Some(name) = uname {
             let balance = balance.unwrap_or(Balance::RoundRobin);
             out.push((
-                UpstreamConfig {
-                    name,
-                    balance,
-                    targets,
-                    connect_timeout: connect,
-                    response_timeout: response,
-                },
+                UpstreamConfig { name, balance, targets, connect_timeout: connect, response_timeout: response },
                 item.pos,
             ));
         }
@@ -588,34 +507,23 @@ fn parse_target_url(s: &str) -> Result<http::uri::Authority, String> {
         }
         _ => return Err(format!("invalid URL `{s}`: expected http://HOST:PORT")),
     }
-    let auth = uri
-        .authority()
-        .ok_or_else(|| format!("invalid URL `{s}`: no host"))?
-        .clone();
+    let auth = uri.authority().ok_or_else(|| format!("invalid URL `{s}`: no host"))?.clone();
     if auth.as_str().contains('@') {
-        return Err(format!(
-            "invalid URL `{s}`: credentials in URLs are not allowed"
-        ));
+        return Err(format!("invalid URL `{s}`: credentials in URLs are not allowed"));
     }
     if auth.host().is_empty() {
         return Err(format!("invalid URL `{s}`: no host"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "invalid URL `{s}`: a target is scheme://host:port, without a path or query"
-        ));
+        return Err(format!("invalid URL `{s}`: a target is scheme://host:port, without a path or query"));
     }
     if auth.port_u16().is_none() {
-        return format!("{}:80", auth.host())
-            .parse()
-            .map_err(|_| format!("invalid URL `{s}`"));
+        return format!("{}:80", auth.host()).parse().map_err(|_| format!("invalid URL `{s}`"));
     }
     Ok(auth)
 }
 
-const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
-];
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
 
 fn decode_routes(
     d: &mut Decoder<'_>,
@@ -684,66 +592,40 @@ fn decode_routes(
                 "a route must authenticate its callers; authentication is not supported yet in this version, so every route must say `public: true`",
             );
         }
-        if let (Some(name), Some((host, path, methods, headers)), Some(upstream)) =
-            (rname, matched, upstream)
-        {
-            out.push(RouteConfig {
-                name,
-                host,
-                path,
-                methods,
-                headers,
-                upstream,
-                public: public == Some(true),
-            });
+        if let (Some(name), Some((host, path, methods, headers)), Some(upstream)) = (rname, matched, upstream) {
+            out.push(RouteConfig { name, host, path, methods, headers, upstream, public: public == Some(true) });
         }
     }
     out
 }
 
-type Match = (
-    Option<HostPattern>,
-    PathPattern,
-    Vec<Method>,
-    Vec<(HeaderName, HeaderValue)>,
-);
+type Match = (Option<HostPattern>, PathPattern, Vec<Method>, Vec<(HeaderName, HeaderValue)>);
 
 fn decode_match(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Match> {
     let mut f = Fields::new(d, node, path)?;
     let mut ok = true;
     let host = f.get("host").and_then(|(n, p)| {
         let s = scalar(d, n, &p)?;
-        HostPattern::parse(s)
-            .map_err(|e| d.err(n.pos, &p, e))
-            .ok()
-            .or_else(|| {
-                ok = false;
-                None
-            })
+        HostPattern::parse(s).map_err(|e| d.err(n.pos, &p, e)).ok().or_else(|| {
+            ok = false;
+            None
+        })
     });
     let exact = f.get("path");
     let prefix = f.get("prefix");
     let pattern = match (exact, prefix) {
-        (Some((n, p)), None) => scalar(d, n, &p).and_then(|s| {
-            PathPattern::parse_path(s)
-                .map_err(|e| d.err(n.pos, &p, e))
-                .ok()
-        }),
-        (None, Some((n, p))) => scalar(d, n, &p).and_then(|s| {
-            PathPattern::parse_prefix(s)
-                .map_err(|e| d.err(n.pos, &p, e))
-                .ok()
-        }),
+        (Some((n, p)), None) => {
+            scalar(d, n, &p).and_then(|s| PathPattern::parse_path(s).map_err(|e| d.err(n.pos, &p, e)).ok())
+        }
+        (None, Some((n, p))) => {
+            scalar(d, n, &p).and_then(|s| PathPattern::parse_prefix(s).map_err(|e| d.err(n.pos, &p, e)).ok())
+        }
         (Some(_), Some((n, p))) => {
             d.err(n.pos, &p, "give either `path` or `prefix`, not both");
             None
         }
         (None, None) => {
-            d.err(
-                node.pos,
-                path,
-                "a match needs `path` (exact or template) or `prefix`",
-            );
+            d.err(node.pos, path, "a match needs `path` (exact or template) or `prefix`");
             None
         }
     };
@@ -756,10 +638,7 @@ fn decode_match(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Match> {
                 d.err(
                     m.pos,
                     &mp,
-                    format!(
-                        "unknown method `{s}`; methods are upper case: {}",
-                        KNOWN_METHODS.join(", ")
-                    ),
+                    format!("unknown method `{s}`; methods are upper case: {}", KNOWN_METHODS.join(", ")),
                 );
                 ok = false;
                 continue;

@@ -32,11 +32,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.file, self.pos.line, self.pos.col, self.path, self.message
-        )
+        write!(f, "{}:{}:{}: {}: {}", self.file, self.pos.line, self.pos.col, self.path, self.message)
     }
 }
 
@@ -82,10 +78,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     };
     let meta = std::fs::metadata(path).map_err(|e| read_err(format!("cannot read: {e}")))?;
     if meta.len() > yaml::MAX_INPUT_BYTES as u64 {
-        return Err(read_err(format!(
-            "file is larger than {} bytes",
-            yaml::MAX_INPUT_BYTES
-        )));
+        return Err(read_err(format!("file is larger than {} bytes", yaml::MAX_INPUT_BYTES)));
     }
     let src = std::fs::read_to_string(path).map_err(|e| read_err(format!("cannot read: {e}")))?;
     parse(&file, &src)

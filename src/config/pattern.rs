@@ -28,20 +28,14 @@ impl HostPattern {
         for label in name.split('.') {
             let ok = !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok {
                 return Err(format!(
                     "invalid host `{s}`: use a DNS name like api.example.com or *.example.com (no port, no scheme)"
                 ));
             }
         }
-        Ok(if wild {
-            HostPattern::Suffix(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_string())
-        })
+        Ok(if wild { HostPattern::Suffix(format!(".{name}")) } else { HostPattern::Exact(name.to_string()) })
     }
 
     /// Does `host` (already lower-cased, port removed) match?
@@ -100,9 +94,7 @@ fn check_segments(s: &str, what: &str, allow_params: bool) -> Result<Vec<Segment
         return Err(format!("{what} `{s}` must start with `/`"));
     };
     if s.contains('?') || s.contains('#') {
-        return Err(format!(
-            "{what} `{s}` must not contain a query (`?`) or fragment (`#`)"
-        ));
+        return Err(format!("{what} `{s}` must not contain a query (`?`) or fragment (`#`)"));
     }
     let mut out = Vec::new();
     let mut names: Vec<&str> = Vec::new();
@@ -128,42 +120,27 @@ fn check_segments(s: &str, what: &str, allow_params: bool) -> Result<Vec<Segment
         }
         if let Some(name) = seg.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
             if !allow_params {
-                return Err(format!(
-                    "{what} `{s}`: a prefix cannot contain `{{param}}` segments; use `path`"
-                ));
+                return Err(format!("{what} `{s}`: a prefix cannot contain `{{param}}` segments; use `path`"));
             }
-            let ok =
-                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
-                return Err(format!(
-                    "{what} `{s}`: invalid parameter `{{{name}}}` (letters, digits and `_` only)"
-                ));
+                return Err(format!("{what} `{s}`: invalid parameter `{{{name}}}` (letters, digits and `_` only)"));
             }
             if names.contains(&name) {
-                return Err(format!(
-                    "{what} `{s}`: parameter `{{{name}}}` appears twice"
-                ));
+                return Err(format!("{what} `{s}`: parameter `{{{name}}}` appears twice"));
             }
             names.push(name);
             out.push(Segment::Param(name.to_string()));
             continue;
         }
         if seg.contains('{') || seg.contains('}') {
-            return Err(format!(
-                "{what} `{s}`: a parameter must be a whole segment, like `/orders/{{id}}`"
-            ));
+            return Err(format!("{what} `{s}`: a parameter must be a whole segment, like `/orders/{{id}}`"));
         }
         if let Some(b) = seg.bytes().find(|b| !valid_pchar(*b)) {
-            return Err(format!(
-                "{what} `{s}` contains the character {:?}, which is not allowed in a path",
-                b as char
-            ));
+            return Err(format!("{what} `{s}` contains the character {:?}, which is not allowed in a path", b as char));
         }
         let alone = format!("/{seg}");
-        if crate::router::path::normalise(&alone)
-            .map(|n| n != alone)
-            .unwrap_or(true)
-        {
+        if crate::router::path::normalise(&alone).map(|n| n != alone).unwrap_or(true) {
             return Err(format!(
                 "{what} `{s}` is not in normalised form (write unreserved characters unencoded and `%XX` in upper case)"
             ));
@@ -187,11 +164,7 @@ impl PathPattern {
     /// Parse a `prefix:` value.
     pub fn parse_prefix(s: &str) -> Result<Self, String> {
         let trimmed = s.trim_end_matches('/');
-        check_segments(
-            if trimmed.is_empty() { "/" } else { trimmed },
-            "prefix",
-            false,
-        )?;
+        check_segments(if trimmed.is_empty() { "/" } else { trimmed }, "prefix", false)?;
         Ok(PathPattern::Prefix(trimmed.to_string()))
     }
 
@@ -200,8 +173,7 @@ impl PathPattern {
         match self {
             PathPattern::Exact(p) => p == path,
             PathPattern::Prefix(p) => {
-                path.starts_with(p.as_str())
-                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+                path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
             }
             PathPattern::Template(segs) => {
                 let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
@@ -226,10 +198,7 @@ impl PathPattern {
         match self {
             PathPattern::Exact(p) => (3, p.len(), 0),
             PathPattern::Template(segs) => {
-                let literals = segs
-                    .iter()
-                    .filter(|s| matches!(s, Segment::Literal(_)))
-                    .count();
+                let literals = segs.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
                 (2, segs.len(), literals)
             }
             PathPattern::Prefix(p) => (1, p.matches('/').count(), p.len()),

@@ -37,27 +37,12 @@ fn good_config_decodes_exactly() {
     assert_eq!(c.node.shutdown_grace, std::time::Duration::from_secs(5));
     assert_eq!(c.listeners[0].limits.max_header_bytes, 8192);
     assert_eq!(c.listeners[0].limits.max_body_bytes, 1 << 20);
-    assert_eq!(
-        c.listeners[0].limits.idle_timeout,
-        std::time::Duration::from_secs(60)
-    );
-    assert_eq!(
-        c.upstreams[0].targets[1].authority.as_str(),
-        "localhost:9002"
-    );
-    assert_eq!(
-        c.upstreams[0].connect_timeout,
-        std::time::Duration::from_millis(250)
-    );
-    assert_eq!(
-        c.routes[0].methods,
-        vec![http::Method::GET, http::Method::POST, http::Method::HEAD]
-    );
+    assert_eq!(c.listeners[0].limits.idle_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(c.upstreams[0].targets[1].authority.as_str(), "localhost:9002");
+    assert_eq!(c.upstreams[0].connect_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(c.routes[0].methods, vec![http::Method::GET, http::Method::POST, http::Method::HEAD]);
     assert_eq!(c.routes[0].upstream, 0);
-    assert_eq!(
-        c.routes[1].path,
-        pattern::PathPattern::Prefix("/status".into())
-    );
+    assert_eq!(c.routes[1].path, pattern::PathPattern::Prefix("/status".into()));
 }
 
 #[test]
@@ -97,10 +82,7 @@ fn unsupported_sections_are_refused_not_ignored() {
     let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\nauth: {}\n";
     let e = errors(src);
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(
-        e[0].contains("listeners[0].tls: TLS termination (`tls`) is not supported yet"),
-        "{e:?}"
-    );
+    assert!(e[0].contains("listeners[0].tls: TLS termination (`tls`) is not supported yet"), "{e:?}");
     assert!(e[1].starts_with("gw.yaml:3:1: auth:"), "{e:?}");
 }
 
@@ -119,11 +101,7 @@ fn hostile_yaml_is_refused() {
     assert!(!errors("version: 1\nversion: 1\nlisteners: []\n").is_empty());
     assert!(!errors("--- \nversion: 1\n---\nversion: 1\n").is_empty());
     assert_eq!(errors("").len(), 1);
-    assert!(
-        errors("version: 2\nlisteners: []")
-            .iter()
-            .any(|e| e.contains("unsupported version"))
-    );
+    assert!(errors("version: 2\nlisteners: []").iter().any(|e| e.contains("unsupported version")));
 }
 
 #[test]

@@ -8,13 +8,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!(
-            "invalid duration `{s}`: expected a number and a unit, like 250ms, 10s, 5m"
-        ));
+        return Err(format!("invalid duration `{s}`: expected a number and a unit, like 250ms, 10s, 5m"));
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration `{s}`: number too large"))?;
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration `{s}`: number too large"))?;
     let ms = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -22,14 +18,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
         "" => {
-            return Err(format!(
-                "invalid duration `{s}`: missing unit (ms, s, m, h or d)"
-            ));
+            return Err(format!("invalid duration `{s}`: missing unit (ms, s, m, h or d)"));
         }
         _ => {
-            return Err(format!(
-                "invalid duration `{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"
-            ));
+            return Err(format!("invalid duration `{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"));
         }
     }
     .ok_or_else(|| format!("invalid duration `{s}`: too large"))?;
@@ -42,31 +34,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!(
-            "invalid size `{s}`: expected a number and a unit, like 16KiB or 10MiB"
-        ));
+        return Err(format!("invalid size `{s}`: expected a number and a unit, like 16KiB or 10MiB"));
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size `{s}`: number too large"))?;
+    let n: u64 = num.parse().map_err(|_| format!("invalid size `{s}`: number too large"))?;
     let mult: u64 = match unit.trim_start() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         "KB" | "kB" | "MB" | "GB" | "K" | "M" | "G" => {
-            return Err(format!(
-                "invalid size `{s}`: use binary units (KiB, MiB, GiB) or B"
-            ));
+            return Err(format!("invalid size `{s}`: use binary units (KiB, MiB, GiB) or B"));
         }
         other => {
-            return Err(format!(
-                "invalid size `{s}`: unknown unit `{other}` (use B, KiB, MiB or GiB)"
-            ));
+            return Err(format!("invalid size `{s}`: unknown unit `{other}` (use B, KiB, MiB or GiB)"));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size `{s}`: too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("invalid size `{s}`: too large"))
 }
 
 #[cfg(test)]
@@ -79,16 +62,7 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        for bad in [
-            "",
-            "s",
-            "10",
-            "10x",
-            "1.5s",
-            "-1s",
-            "99999999999999999999s",
-            "10 s",
-        ] {
+        for bad in ["", "s", "10", "10x", "1.5s", "-1s", "99999999999999999999s", "10 s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -64,10 +64,7 @@ pub(crate) struct SyntaxError {
 }
 
 fn pos_of(m: saphyr_parser::Marker) -> Pos {
-    Pos {
-        line: m.line().max(1),
-        col: m.col() + 1,
-    }
+    Pos { line: m.line().max(1), col: m.col() + 1 }
 }
 
 enum Frame {
@@ -89,20 +86,15 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
     let mut nodes = 0usize;
 
     for ev in Parser::new_from_str(src) {
-        let (ev, span) = ev.map_err(|e| SyntaxError {
-            pos: pos_of(e.marker().to_owned()),
-            message: e.info().to_string(),
-        })?;
+        let (ev, span) =
+            ev.map_err(|e| SyntaxError { pos: pos_of(e.marker().to_owned()), message: e.info().to_string() })?;
         let pos = pos_of(span.start);
         let done: Option<Node> = match ev {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(SyntaxError {
-                        pos,
-                        message: "only one YAML document is allowed".into(),
-                    });
+                    return Err(SyntaxError { pos, message: "only one YAML document is allowed".into() });
                 }
                 None
             }
@@ -112,13 +104,9 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                     message: "YAML aliases (*name) are not supported; write the value out".into(),
                 });
             }
-            Event::Scalar(value, style, _, _) => Some(Node {
-                pos,
-                kind: Kind::Scalar {
-                    value: value.into_owned(),
-                    plain: style == ScalarStyle::Plain,
-                },
-            }),
+            Event::Scalar(value, style, _, _) => {
+                Some(Node { pos, kind: Kind::Scalar { value: value.into_owned(), plain: style == ScalarStyle::Plain } })
+            }
             Event::SequenceStart(..) => {
                 stack.push(Frame::Seq(pos, Vec::new()));
                 None
@@ -128,43 +116,25 @@ pub(crate) fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq(p, items)) => Some(Node {
-                    pos: p,
-                    kind: Kind::Seq(items),
-                }),
+                Some(Frame::Seq(p, items)) => Some(Node { pos: p, kind: Kind::Seq(items) }),
                 _ => {
-                    return Err(SyntaxError {
-                        pos,
-                        message: "unbalanced sequence".into(),
-                    });
+                    return Err(SyntaxError { pos, message: "unbalanced sequence".into() });
                 }
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(p, entries, None)) => Some(Node {
-                    pos: p,
-                    kind: Kind::Map(entries),
-                }),
+                Some(Frame::Map(p, entries, None)) => Some(Node { pos: p, kind: Kind::Map(entries) }),
                 _ => {
-                    return Err(SyntaxError {
-                        pos,
-                        message: "unbalanced mapping".into(),
-                    });
+                    return Err(SyntaxError { pos, message: "unbalanced mapping".into() });
                 }
             },
         };
         if stack.len() > MAX_DEPTH {
-            return Err(SyntaxError {
-                pos,
-                message: format!("nesting deeper than {MAX_DEPTH} levels"),
-            });
+            return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels") });
         }
         let Some(node) = done else { continue };
         nodes += 1;
         if nodes > MAX_NODES {
-            return Err(SyntaxError {
-                pos,
-                message: format!("more than {MAX_NODES} values"),
-            });
+            return Err(SyntaxError { pos, message: format!("more than {MAX_NODES} values") });
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -193,13 +163,9 @@ mod tests {
     #[test]
     fn positions_are_one_based() {
         let n = parse("a: 1\nb:\n  - x\n").expect("parse").expect("doc");
-        let Kind::Map(entries) = &n.kind else {
-            panic!("map")
-        };
+        let Kind::Map(entries) = &n.kind else { panic!("map") };
         assert_eq!(entries[1].0.pos, Pos { line: 2, col: 1 });
-        let Kind::Seq(items) = &entries[1].1.kind else {
-            panic!("seq")
-        };
+        let Kind::Seq(items) = &entries[1].1.kind else { panic!("seq") };
         assert_eq!(items[0].pos, Pos { line: 3, col: 5 });
     }
 

@@ -47,29 +47,15 @@ pin_project_lite::pin_project! {
 
 impl std::fmt::Debug for LimitedBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimitedBody")
-            .field("remaining", &self.remaining)
-            .finish()
+        f.debug_struct("LimitedBody").field("remaining", &self.remaining).finish()
     }
 }
 
 impl LimitedBody {
     /// Cap `inner` at `limit` bytes, to arrive by `deadline`. On a violation the
     /// connection (if HTTP/1) is marked to close with a lingering drain.
-    pub(crate) fn new(
-        inner: Incoming,
-        limit: u64,
-        deadline: Instant,
-        conn: Option<Arc<ConnState>>,
-    ) -> Self {
-        LimitedBody {
-            inner,
-            remaining: limit,
-            limit,
-            deadline,
-            timer: None,
-            conn,
-        }
+    pub(crate) fn new(inner: Incoming, limit: u64, deadline: Instant, conn: Option<Arc<ConnState>>) -> Self {
+        LimitedBody { inner, remaining: limit, limit, deadline, timer: None, conn }
     }
 }
 
@@ -77,10 +63,7 @@ impl Body for LimitedBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         let fail = |e: BodyError, conn: &Option<Arc<ConnState>>| {
             if let Some(c) = conn {
@@ -103,9 +86,7 @@ impl Body for LimitedBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let deadline = *this.deadline;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if timer.as_mut().poll(cx).is_ready() {
                     return fail(BodyError::Timeout, this.conn);
                 }

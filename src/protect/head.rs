@@ -96,11 +96,7 @@ impl HeadScan {
                 _ => self.line_len += 1,
             }
             if self.bytes > max {
-                return if self.first_line_done {
-                    Scan::TooLarge
-                } else {
-                    Scan::UriTooLong
-                };
+                return if self.first_line_done { Scan::TooLarge } else { Scan::UriTooLong };
             }
             if self.lines > MAX_HEADER_LINES + 1 {
                 return Scan::TooLarge;
@@ -146,10 +142,7 @@ pin_project_lite::pin_project! {
 
 impl<T: std::fmt::Debug> std::fmt::Debug for GuardedIo<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardedIo")
-            .field("inner", &self.inner)
-            .field("mode", &self.mode)
-            .finish()
+        f.debug_struct("GuardedIo").field("inner", &self.inner).field("mode", &self.mode).finish()
     }
 }
 
@@ -243,11 +236,7 @@ impl<T: AsyncRead + AsyncWrite> GuardedIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             if !matches!(self.mode, Mode::Open) {
                 ready!(self.as_mut().poll_close(cx));
@@ -263,9 +252,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
                 *this.in_message = false;
                 *this.scan = HeadScan::default();
                 *this.armed = true;
-                this.timer
-                    .as_mut()
-                    .reset(Instant::now() + this.limits.idle_timeout);
+                this.timer.as_mut().reset(Instant::now() + this.limits.idle_timeout);
             }
             if this.scan.complete {
                 return read_through(this.inner, this.prefix, cx, buf);
@@ -273,11 +260,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
             if *this.armed && this.timer.as_mut().poll(cx).is_ready() {
                 *this.armed = false;
                 if this.scan.bytes > 0 {
-                    self.as_mut().reply(
-                        408,
-                        "Request Timeout",
-                        "the request head was not received in time",
-                    );
+                    self.as_mut().reply(408, "Request Timeout", "the request head was not received in time");
                 } else {
                     *self.as_mut().project().mode = Mode::Closed;
                 }
@@ -305,11 +288,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
                 Scan::Complete => return Poll::Ready(Ok(())),
                 Scan::UriTooLong => {
                     buf.set_filled(before);
-                    self.as_mut().reply(
-                        414,
-                        "URI Too Long",
-                        "the request line is longer than the listener allows",
-                    );
+                    self.as_mut().reply(414, "URI Too Long", "the request line is longer than the listener allows");
                 }
                 Scan::TooLarge => {
                     buf.set_filled(before);
@@ -339,11 +318,7 @@ fn read_through<T: AsyncRead>(
 }
 
 impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if !matches!(self.mode, Mode::Open) {
             return Poll::Ready(Ok(buf.len()));
         }

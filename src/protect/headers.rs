@@ -30,8 +30,17 @@ const FORWARDING: [HeaderName; 6] = [
 /// `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    // One pass over the (few) names present instead of a hashed lookup per candidate: most
+    // requests carry none of these.
+    headers.keys().any(|k| names.contains(k))
+}
+
 /// Remove hop-by-hop headers, including every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !any_of(headers, &HOP_BY_HOP) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -49,34 +58,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Replace client-sent forwarding headers with the gateway's own view of the hop.
-pub fn set_forwarding(
-    headers: &mut HeaderMap,
-    client_ip: std::net::IpAddr,
-    proto: &'static str,
-    host: Option<&str>,
-) {
-    for h in &FORWARDING {
-        headers.remove(h);
-    }
-    let mut buf = itoa_ip(client_ip);
-    if let Ok(v) = HeaderValue::from_str(&buf) {
-        headers.insert(&FORWARDING[1], v);
-    }
-    headers.insert(&FORWARDING[3], HeaderValue::from_static(proto));
-    if let Some(h) = host {
-        buf.clear();
-        if let Ok(v) = HeaderValue::from_str(h) {
-            headers.insert(&FORWARDING[2], v);
-        }
-    }
+/// The `X-Forwarded-For` value for a client, made once per connection.
+pub fn client_ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-fn itoa_ip(ip: std::net::IpAddr) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(39);
-    let _ = write!(s, "{ip}");
-    s
+/// Replace client-sent forwarding headers with the gateway's own view of the hop:
+/// `client_ip` from [`client_ip_value`], and the host the client asked for.
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    if any_of(headers, &FORWARDING) {
+        for h in &FORWARDING {
+            headers.remove(h);
+        }
+    }
+    headers.insert(&FORWARDING[1], client_ip.clone());
+    headers.insert(&FORWARDING[3], HeaderValue::from_static(proto));
+    if let Some(h) = host {
+        headers.insert(&FORWARDING[2], h);
+    }
 }
 
 /// A client-sent request id worth keeping: 1-128 characters of `A-Z a-z 0-9 - _ . : /`.
@@ -84,8 +88,7 @@ pub fn acceptable_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
 #[cfg(test)]
@@ -95,10 +98,7 @@ mod tests {
     #[test]
     fn connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret , keep-alive"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret , keep-alive"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -113,12 +113,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
-        set_forwarding(
-            &mut h,
-            "127.0.0.1".parse().expect("ip"),
-            "http",
-            Some("api.example.com"),
-        );
+        let ip = client_ip_value("127.0.0.1".parse().expect("ip"));
+        set_forwarding(&mut h, &ip, "http", Some(HeaderValue::from_static("api.example.com")));
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert!(!h.contains_key("forwarded"));

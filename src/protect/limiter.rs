@@ -51,10 +51,7 @@ impl ConnLimiter {
         }
         *n += 1;
         c.total += 1;
-        Ok(ConnPermit {
-            limiter: self.clone(),
-            ip,
-        })
+        Ok(ConnPermit { limiter: self.clone(), ip })
     }
 
     /// Open connections right now.
@@ -89,10 +86,7 @@ mod tests {
         let _b = l.acquire(ip, 3, 2).expect("b");
         assert_eq!(l.acquire(ip, 3, 2).err(), Some(Refused::PerIp));
         let _c = l.acquire("10.1.1.2".parse().expect("ip"), 3, 2).expect("c");
-        assert_eq!(
-            l.acquire("10.1.1.3".parse().expect("ip"), 3, 2).err(),
-            Some(Refused::Listener)
-        );
+        assert_eq!(l.acquire("10.1.1.3".parse().expect("ip"), 3, 2).err(), Some(Refused::Listener));
         drop(a);
         assert!(l.acquire(ip, 4, 2).is_ok());
         assert_eq!(l.open(), 2);

@@ -27,21 +27,7 @@ const fn unreserved(b: u8) -> bool {
 /// Bytes allowed raw in a path segment (RFC 3986 `pchar` minus `%`, which is handled apart).
 const fn raw_ok(b: u8) -> bool {
     unreserved(b)
-        || matches!(
-            b,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-        )
+        || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -100,10 +86,8 @@ fn normalise_slow(path: &str) -> Result<String, PathError> {
         while j < sb.len() {
             let c = sb[j];
             if c == b'%' {
-                let (Some(h), Some(l)) = (
-                    sb.get(j + 1).and_then(|x| hex(*x)),
-                    sb.get(j + 2).and_then(|x| hex(*x)),
-                ) else {
+                let (Some(h), Some(l)) = (sb.get(j + 1).and_then(|x| hex(*x)), sb.get(j + 2).and_then(|x| hex(*x)))
+                else {
                     return Err(PathError("bad percent-escape"));
                 };
                 let v = h << 4 | l;
@@ -133,19 +117,14 @@ fn normalise_slow(path: &str) -> Result<String, PathError> {
                 return Err(PathError("a character that is not allowed in a path"));
             }
         }
-        let text = std::str::from_utf8(&decoded)
-            .map_err(|_| PathError("escapes that are not valid UTF-8"))?;
+        let text = std::str::from_utf8(&decoded).map_err(|_| PathError("escapes that are not valid UTF-8"))?;
         let kept = &out[seg_start + 1..];
         let dot_part = kept.split(';').next().unwrap_or("");
         let is_dot = kept == "." || kept == "..";
         if !is_dot && (dot_part == "." || dot_part == "..") {
             return Err(PathError("a dot-segment with parameters"));
         }
-        if !text.is_ascii()
-            && text
-                .chars()
-                .all(|ch| matches!(ch, '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}'))
-        {
+        if !text.is_ascii() && text.chars().all(|ch| matches!(ch, '.' | '\u{FF0E}' | '\u{2024}' | '\u{FE52}')) {
             return Err(PathError("a segment of look-alike dots"));
         }
         if kept == "." {

@@ -46,12 +46,7 @@ pub struct Table {
 
 fn precedence(r: &RouteConfig) -> impl Ord {
     let host = r.host.as_ref().map(HostPattern::rank).unwrap_or((0, 0));
-    (
-        Reverse(host),
-        Reverse(r.path.rank()),
-        Reverse(!r.methods.is_empty()),
-        Reverse(r.headers.len()),
-    )
+    (Reverse(host), Reverse(r.path.rank()), Reverse(!r.methods.is_empty()), Reverse(r.headers.len()))
 }
 
 impl Table {
@@ -81,12 +76,8 @@ impl Table {
             match &r.host {
                 Some(HostPattern::Exact(h)) => {
                     let h = h.clone();
-                    if let std::collections::hash_map::Entry::Vacant(e) =
-                        exact_hosts.entry(h.clone())
-                    {
-                        e.insert(build(&|x: &RouteConfig| {
-                            x.host.as_ref().is_none_or(|p| p.matches(&h))
-                        }));
+                    if let std::collections::hash_map::Entry::Vacant(e) = exact_hosts.entry(h.clone()) {
+                        e.insert(build(&|x: &RouteConfig| x.host.as_ref().is_none_or(|p| p.matches(&h))));
                     }
                 }
                 Some(HostPattern::Suffix(s)) if !suffixes.contains(s) => suffixes.push(s.clone()),
@@ -111,14 +102,7 @@ impl Table {
         for (pos, &i) in order.iter().enumerate() {
             rank[i as usize] = pos as u32;
         }
-        Table {
-            routes: routes.to_vec(),
-            order,
-            rank,
-            exact_hosts,
-            suffix_hosts,
-            any_host,
-        }
+        Table { routes: routes.to_vec(), order, rank, exact_hosts, suffix_hosts, any_host }
     }
 
     /// The routes, in config order.
@@ -143,9 +127,7 @@ impl Table {
 
     fn rest_matches(r: &RouteConfig, req: &RequestView<'_>) -> bool {
         (r.methods.is_empty() || r.methods.contains(req.method))
-            && r.headers
-                .iter()
-                .all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
+            && r.headers.iter().all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
     }
 
     /// The index (into [`Table::routes`]) of the route this request takes.
@@ -153,11 +135,10 @@ impl Table {
         let b = self.bucket(req.host);
         // Exact paths are indexed; the best of them still competes on precedence with the
         // templates and prefixes (a host-specific prefix outranks an any-host exact path).
-        let exact = b.exact.get(req.path).and_then(|c| {
-            c.iter()
-                .copied()
-                .find(|&i| Self::rest_matches(&self.routes[i as usize], req))
-        });
+        let exact = b
+            .exact
+            .get(req.path)
+            .and_then(|c| c.iter().copied().find(|&i| Self::rest_matches(&self.routes[i as usize], req)));
         for &i in &b.others {
             if let Some(e) = exact
                 && self.rank[i as usize] > self.rank[e as usize]
@@ -186,10 +167,7 @@ impl Table {
             if let Some(h) = &r.host
                 && !req.host.is_some_and(|x| h.matches(x))
             {
-                reasons.push(format!(
-                    "host: wants {h}, got {}",
-                    req.host.unwrap_or("(none)")
-                ));
+                reasons.push(format!("host: wants {h}, got {}", req.host.unwrap_or("(none)")));
             }
             if !r.path.matches(req.path) {
                 reasons.push(format!("path: wants {}, got {}", r.path, req.path));
@@ -200,10 +178,7 @@ impl Table {
             }
             for (n, v) in &r.headers {
                 if !req.headers.get_all(n).iter().any(|x| x == v) {
-                    let got = req
-                        .headers
-                        .get(n)
-                        .map(|x| String::from_utf8_lossy(x.as_bytes()).into_owned());
+                    let got = req.headers.get(n).map(|x| String::from_utf8_lossy(x.as_bytes()).into_owned());
                     reasons.push(format!(
                         "header: wants {n}: {}, got {}",
                         String::from_utf8_lossy(v.as_bytes()),
@@ -217,15 +192,9 @@ impl Table {
                     chosen.map(|c| self.routes[c].name.as_str()).unwrap_or("?")
                 ));
             }
-            misses.push(Miss {
-                route: r.name.clone(),
-                reasons,
-            });
+            misses.push(Miss { route: r.name.clone(), reasons });
         }
-        Explanation {
-            chosen: chosen.map(|i| self.routes[i].name.clone()),
-            misses,
-        }
+        Explanation { chosen: chosen.map(|i| self.routes[i].name.clone()), misses }
     }
 }
 
@@ -252,13 +221,7 @@ mod tests {
     use super::*;
     use http::{HeaderName, HeaderValue};
 
-    fn route(
-        name: &str,
-        host: Option<&str>,
-        path: &str,
-        methods: &[&str],
-        headers: &[(&str, &str)],
-    ) -> RouteConfig {
+    fn route(name: &str, host: Option<&str>, path: &str, methods: &[&str], headers: &[(&str, &str)]) -> RouteConfig {
         let pattern = match path.strip_prefix("prefix:") {
             Some(p) => PathPattern::parse_prefix(p),
             None => PathPattern::parse_path(path),
@@ -268,46 +231,23 @@ mod tests {
             name: name.into(),
             host: host.map(|h| HostPattern::parse(h).expect("host")),
             path: pattern,
-            methods: methods
-                .iter()
-                .map(|m| Method::from_bytes(m.as_bytes()).expect("method"))
-                .collect(),
+            methods: methods.iter().map(|m| Method::from_bytes(m.as_bytes()).expect("method")).collect(),
             headers: headers
                 .iter()
-                .map(|(n, v)| {
-                    (
-                        HeaderName::from_bytes(n.as_bytes()).expect("n"),
-                        HeaderValue::from_str(v).expect("v"),
-                    )
-                })
+                .map(|(n, v)| (HeaderName::from_bytes(n.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v")))
                 .collect(),
             upstream: 0,
             public: true,
         }
     }
 
-    fn find(
-        t: &Table,
-        host: Option<&str>,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Option<String> {
+    fn find(t: &Table, host: Option<&str>, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
         let mut h = HeaderMap::new();
         for (n, v) in headers {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).expect("n"),
-                HeaderValue::from_str(v).expect("v"),
-            );
+            h.append(HeaderName::from_bytes(n.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v"));
         }
         let m = Method::from_bytes(method.as_bytes()).expect("m");
-        t.find(&RequestView {
-            host,
-            path,
-            method: &m,
-            headers: &h,
-        })
-        .map(|i| t.routes()[i].name.clone())
+        t.find(&RequestView { host, path, method: &m, headers: &h }).map(|i| t.routes()[i].name.clone())
     }
 
     #[test]
@@ -322,21 +262,9 @@ mod tests {
             route("canary", None, "prefix:/api", &[], &[("x-canary", "1")]),
             route("host-exact", Some("api.example.com"), "prefix:/", &[], &[]),
             route("host-wild", Some("*.example.com"), "prefix:/", &[], &[]),
-            route(
-                "host-wild-deep",
-                Some("*.eu.example.com"),
-                "prefix:/",
-                &[],
-                &[],
-            ),
+            route("host-wild-deep", Some("*.eu.example.com"), "prefix:/", &[], &[]),
         ]);
-        type Case<'a> = (
-            Option<&'a str>,
-            &'a str,
-            &'a str,
-            &'a [(&'a str, &'a str)],
-            &'a str,
-        );
+        type Case<'a> = (Option<&'a str>, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case<'_>] = &[
             (None, "GET", "/", &[], "catch-all"),
             (None, "GET", "/apix", &[], "catch-all"),
@@ -346,50 +274,29 @@ mod tests {
             (None, "GET", "/api/v1/orders/7", &[], "order-tpl"),
             (None, "POST", "/api/v1/orders/7", &[], "order-post"),
             (None, "POST", "/api/v1/orders/new", &[], "order-new"),
-            (
-                Some("api.example.com"),
-                "GET",
-                "/api/v1/orders/7",
-                &[],
-                "host-exact",
-            ),
+            (Some("api.example.com"), "GET", "/api/v1/orders/7", &[], "host-exact"),
             (Some("www.example.com"), "GET", "/x", &[], "host-wild"),
             (Some("a.eu.example.com"), "GET", "/x", &[], "host-wild-deep"),
             (Some("other.org"), "GET", "/api", &[], "api-prefix"),
         ];
         for (host, m, p, h, want) in cases {
-            assert_eq!(
-                find(&t, *host, m, p, h).as_deref(),
-                Some(*want),
-                "{host:?} {m} {p} {h:?}"
-            );
+            assert_eq!(find(&t, *host, m, p, h).as_deref(), Some(*want), "{host:?} {m} {p} {h:?}");
         }
     }
 
     #[test]
     fn methods_and_headers_filter() {
-        let t = Table::new(&[
-            route("get", None, "/x", &["GET"], &[]),
-            route("hdr", None, "/y", &[], &[("x-env", "prod")]),
-        ]);
+        let t =
+            Table::new(&[route("get", None, "/x", &["GET"], &[]), route("hdr", None, "/y", &[], &[("x-env", "prod")])]);
         assert_eq!(find(&t, None, "DELETE", "/x", &[]), None);
         assert_eq!(find(&t, None, "GET", "/y", &[("x-env", "dev")]), None);
-        assert_eq!(
-            find(&t, None, "GET", "/y", &[("x-env", "prod")]).as_deref(),
-            Some("hdr")
-        );
+        assert_eq!(find(&t, None, "GET", "/y", &[("x-env", "prod")]).as_deref(), Some("hdr"));
     }
 
     #[test]
     fn explain_names_each_failed_condition() {
         let t = Table::new(&[
-            route(
-                "a",
-                Some("api.example.com"),
-                "/v1/orders/{id}",
-                &["GET"],
-                &[],
-            ),
+            route("a", Some("api.example.com"), "/v1/orders/{id}", &["GET"], &[]),
             route("b", None, "prefix:/status", &[], &[("x-env", "prod")]),
         ]);
         let h = HeaderMap::new();

@@ -21,7 +21,7 @@ use super::Inner;
 use super::pipeline::{ConnCtx, handle};
 use crate::config::ListenerLimits;
 use crate::observe::new_request_id_string;
-use crate::protect::head::MAX_HEADER_LINES;
+use crate::protect::headers::client_ip_value;
 use crate::protect::{ConnPermit, ConnState, GuardedIo, HeadLimits};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -70,16 +70,8 @@ pub(crate) async fn serve(
         Ok(None) | Err(_) => return,
     };
     if is_h2 {
-        let ctx = Arc::new(ConnCtx {
-            gw,
-            peer,
-            limits,
-            state: None,
-        });
-        let io = TokioIo::new(Rewind {
-            prefix,
-            inner: stream,
-        });
+        let ctx = Arc::new(ConnCtx { gw, peer, client_ip: client_ip_value(peer.ip()), limits, state: None });
+        let io = TokioIo::new(Rewind { prefix, inner: stream });
         let svc = service_fn(move |req| handle(ctx.clone(), req));
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -101,26 +93,13 @@ pub(crate) async fn serve(
             idle_timeout: limits.idle_timeout,
             max_header_bytes: limits.max_header_bytes,
         };
-        let io = TokioIo::new(GuardedIo::new(
-            stream,
-            prefix,
-            state.clone(),
-            head,
-            accepted,
-            new_request_id_string,
-        ));
-        let ctx = Arc::new(ConnCtx {
-            gw,
-            peer,
-            limits,
-            state: Some(state),
-        });
+        let io = TokioIo::new(GuardedIo::new(stream, prefix, state.clone(), head, accepted, new_request_id_string));
+        let ctx = Arc::new(ConnCtx { gw, peer, client_ip: client_ip_value(peer.ip()), limits, state: Some(state) });
         let svc = service_fn(move |req| handle(ctx.clone(), req));
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(None)
-            .max_headers(MAX_HEADER_LINES + 28)
             .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
         let conn = b.serve_connection(io, svc);
         tokio::pin!(conn);
@@ -143,11 +122,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<T: AsyncRead> AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
@@ -159,11 +134,7 @@ impl<T: AsyncRead> AsyncRead for Rewind<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
     fn poll_write_vectored(

@@ -44,17 +44,8 @@ pub struct Snapshot {
 impl Snapshot {
     fn build(version: u64, config: Config, clients: &PoolCache) -> Snapshot {
         let table = Table::new(&config.routes);
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Arc::new(Upstream::new(u, clients)))
-            .collect();
-        Snapshot {
-            version,
-            config,
-            table,
-            upstreams,
-        }
+        let upstreams = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, clients))).collect();
+        Snapshot { version, config, table, upstreams }
     }
 }
 
@@ -122,14 +113,9 @@ fn hash_text(s: &str) -> u64 {
 }
 
 async fn bind(l: &ListenerConfig) -> Result<TcpListener, GatewayStartError> {
-    let err = |source| GatewayStartError::Bind {
-        name: l.name.clone(),
-        addr: l.bind,
-        source,
-    };
+    let err = |source| GatewayStartError::Bind { name: l.name.clone(), addr: l.bind, source };
     let domain = socket2::Domain::for_address(l.bind);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(err)?;
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(err)?;
     sock.set_reuse_address(true).map_err(err)?;
     if l.bind.is_ipv6() {
         sock.set_only_v6(true).map_err(err)?;
@@ -142,14 +128,9 @@ async fn bind(l: &ListenerConfig) -> Result<TcpListener, GatewayStartError> {
 
 impl Gateway {
     /// Start serving `config`. `path`, if given, is where [`Gateway::reload`] reads from.
-    pub async fn start(
-        config: Config,
-        path: Option<PathBuf>,
-    ) -> Result<Gateway, GatewayStartError> {
+    pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Gateway, GatewayStartError> {
         let text_hash = match &path {
-            Some(p) => std::fs::read_to_string(p)
-                .map(|s| hash_text(&s))
-                .unwrap_or(0),
+            Some(p) => std::fs::read_to_string(p).map(|s| hash_text(&s)).unwrap_or(0),
             None => 0,
         };
         let clients = PoolCache::default();
@@ -178,37 +159,20 @@ impl Gateway {
         let local = sock.local_addr().unwrap_or(l.bind);
         let cancel = self.inner.shutdown.child_token();
         tracing::info!(listener = %l.name, addr = %local, "Listening");
-        self.inner.listeners.lock().push(Running {
-            name: l.name.clone(),
-            bind: l.bind,
-            local,
-            cancel: cancel.clone(),
-        });
+        self.inner.listeners.lock().push(Running { name: l.name.clone(), bind: l.bind, local, cancel: cancel.clone() });
         let inner = self.inner.clone();
         let name = l.name.clone();
-        self.inner
-            .tracker
-            .spawn(accept_loop(inner, name, sock, cancel));
+        self.inner.tracker.spawn(accept_loop(inner, name, sock, cancel));
     }
 
     /// Address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.inner
-            .listeners
-            .lock()
-            .iter()
-            .find(|r| r.name == listener)
-            .map(|r| r.local)
+        self.inner.listeners.lock().iter().find(|r| r.name == listener).map(|r| r.local)
     }
 
     /// Every listener's name and bound address.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.inner
-            .listeners
-            .lock()
-            .iter()
-            .map(|r| (r.name.clone(), r.local))
-            .collect()
+        self.inner.listeners.lock().iter().map(|r| (r.name.clone(), r.local)).collect()
     }
 
     /// The snapshot serving now.
@@ -245,12 +209,7 @@ impl Gateway {
             running
                 .iter()
                 .map(|r| (r.name.clone(), r.bind))
-                .partition(|(n, b)| {
-                    config
-                        .listeners
-                        .iter()
-                        .any(|l| &l.name == n && l.bind == *b)
-                })
+                .partition(|(n, b)| config.listeners.iter().any(|l| &l.name == n && l.bind == *b))
         };
         // Bind new listeners first: if one fails, nothing has changed. A listener that moves
         // to an address it already holds cannot be bound twice, so it is a remove + add.
@@ -307,9 +266,7 @@ impl Gateway {
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.shutdown.cancel();
         self.inner.tracker.close();
-        let drained = tokio::time::timeout(grace, self.inner.tracker.wait())
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok();
         self.inner.listeners.lock().clear();
         drained
     }
@@ -320,12 +277,7 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(
-    inner: Arc<Inner>,
-    name: String,
-    sock: TcpListener,
-    cancel: CancellationToken,
-) {
+async fn accept_loop(inner: Arc<Inner>, name: String, sock: TcpListener, cancel: CancellationToken) {
     let limiter = Arc::new(ConnLimiter::default());
     loop {
         let accepted = tokio::select! {
@@ -342,20 +294,10 @@ async fn accept_loop(
             }
         };
         let snap = inner.snapshot.load();
-        let Some(limits) = snap
-            .config
-            .listeners
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.limits)
-        else {
+        let Some(limits) = snap.config.listeners.iter().find(|l| l.name == name).map(|l| l.limits) else {
             continue;
         };
-        let permit = match limiter.acquire(
-            peer.ip(),
-            limits.max_connections,
-            limits.max_connections_per_ip,
-        ) {
+        let permit = match limiter.acquire(peer.ip(), limits.max_connections, limits.max_connections_per_ip) {
             Ok(p) => p,
             Err(why) => {
                 tracing::debug!(listener = %name, client = %peer, reason = ?why, "Connection refused by limit");
@@ -364,13 +306,6 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn_cancel = cancel.child_token();
-        inner.tracker.spawn(conn::serve(
-            stream,
-            peer,
-            inner.clone(),
-            limits,
-            conn_cancel,
-            permit,
-        ));
+        inner.tracker.spawn(conn::serve(stream, peer, inner.clone(), limits, conn_cancel, permit));
     }
 }

@@ -20,9 +20,7 @@ use crate::body::GwBody;
 use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
 use crate::observe::new_request_id;
-use crate::protect::headers::{
-    X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop,
-};
+use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
 use crate::protect::{ConnState, LimitedBody};
 use crate::router::RequestView;
 use crate::router::path::normalise;
@@ -33,16 +31,15 @@ use crate::upstream::proxy_body;
 pub(crate) struct ConnCtx {
     pub(crate) gw: Arc<Inner>,
     pub(crate) peer: SocketAddr,
+    /// `X-Forwarded-For` for this client, made once.
+    pub(crate) client_ip: HeaderValue,
     pub(crate) limits: ListenerLimits,
     /// HTTP/1 only: the head guard's counters.
     pub(crate) state: Option<Arc<ConnState>>,
 }
 
 /// hyper's entry point for one request.
-pub(crate) async fn handle(
-    ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<GwBody>, Infallible> {
+pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<GwBody>, Infallible> {
     if let Some(s) = &ctx.state {
         s.request_started();
     }
@@ -56,9 +53,9 @@ pub(crate) async fn handle(
         Err(e) => {
             let (status, _, _) = e.describe();
             if status.is_server_error() {
-                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), request_id = ?request_id, config_version = snap.version, status = status.as_u16(), "Request failed");
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), request_id = ?request_id, client = %ctx.peer, config_version = snap.version, status = status.as_u16(), "Request failed");
             } else {
-                tracing::debug!(error = %e, request_id = ?request_id, config_version = snap.version, status = status.as_u16(), "Request refused");
+                tracing::debug!(error = %e, request_id = ?request_id, client = %ctx.peer, config_version = snap.version, status = status.as_u16(), "Request refused");
             }
             if status == http::StatusCode::PAYLOAD_TOO_LARGE
                 && let Some(s) = &ctx.state
@@ -102,9 +99,7 @@ fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
             .and_then(|s| s.trim().parse().ok())
             .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
         if out.is_some_and(|o| o != n) {
-            return Err(GatewayError::BadRequest(
-                "conflicting Content-Length headers",
-            ));
+            return Err(GatewayError::BadRequest("conflicting Content-Length headers"));
         }
         out = Some(n);
     }
@@ -122,9 +117,7 @@ async fn proxy(
     // protect: framing and size, before anything else reads the request
     let declared = content_length(&parts.headers)?;
     if declared.is_some() && parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(GatewayError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
+        return Err(GatewayError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
     let limit = ctx.limits.max_body_bytes;
     if declared.is_some_and(|n| n > limit) {
@@ -134,12 +127,7 @@ async fn proxy(
     // router
     let path = normalise(parts.uri.path())?;
     let host = request_host(&parts);
-    let view = RequestView {
-        host: host.as_deref(),
-        path: &path,
-        method: &parts.method,
-        headers: &parts.headers,
-    };
+    let view = RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers };
     let idx = snap.table.find(&view).ok_or(GatewayError::RouteNotFound)?;
     let route = &snap.table.routes()[idx];
     let upstream = &snap.upstreams[route.upstream];
@@ -152,43 +140,29 @@ async fn proxy(
                 Some(q) => format!("{path}?{q}"),
                 None => path.into_owned(),
             };
-            PathAndQuery::from_maybe_shared(s)
-                .map_err(|_| GatewayError::BadRequest("unusable request target"))?
+            PathAndQuery::from_maybe_shared(s).map_err(|_| GatewayError::BadRequest("unusable request target"))?
         }
     };
 
     // headers for the upstream
     let original_host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    set_forwarding(
-        &mut parts.headers,
-        ctx.peer.ip(),
-        "http",
-        original_host.as_ref().and_then(|h| h.to_str().ok()),
-    );
-    if let Some(h) = original_host
-        && parts.version == Version::HTTP_2
+    if parts.version == Version::HTTP_2
+        && let Some(h) = &original_host
     {
-        parts.headers.insert(header::HOST, h);
+        parts.headers.insert(header::HOST, h.clone());
     }
+    set_forwarding(&mut parts.headers, &ctx.client_ip, "http", original_host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 
     let body = if body.is_end_stream() {
         None
     } else {
-        Some(LimitedBody::new(
-            body,
-            limit,
-            Instant::now() + ctx.limits.body_timeout,
-            ctx.state.clone(),
-        ))
+        Some(LimitedBody::new(body, limit, Instant::now() + ctx.limits.body_timeout, ctx.state.clone()))
     };
     let upstream_req = Request::from_parts(parts, proxy_body(body));
     let (res, loan) = upstream.forward(upstream_req, path_and_query).await?;

@@ -37,18 +37,12 @@ pub async fn watch_config(gw: Gateway, mut hup: Option<tokio::signal::unix::Sign
     };
     let (tx, mut rx) = mpsc::channel::<()>(16);
     // Watch the directory: editors and config managers replace files by rename.
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let dir =
+        path.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     let file_name = path.file_name().map(|f| f.to_os_string());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
+            && ev.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
         {
             let _ = tx.try_send(());
         }

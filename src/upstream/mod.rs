@@ -22,8 +22,8 @@ use crate::protect::LimitedBody;
 mod body;
 mod pool;
 pub use body::ProxyBody;
-pub use pool::{ConnectError, Loan};
 use pool::Pool;
+pub use pool::{ConnectError, Loan};
 
 /// Pools shared across config versions. A reload that keeps a target keeps its warm
 /// connections; pools of targets no config uses any more are dropped at the next apply.
@@ -117,7 +117,9 @@ impl Upstream {
                     Err(mut e) => match e.take_message() {
                         // Not sent at all: safe to send again, on another connection.
                         Some(r) if reused => req = r,
-                        _ => return Err(GatewayError::Upstream { upstream: self.name.clone(), source: e.into_error() }),
+                        _ => {
+                            return Err(GatewayError::Upstream { upstream: self.name.clone(), source: e.into_error() });
+                        }
                     },
                 }
             }

@@ -99,14 +99,16 @@ impl Pool {
 
     async fn connect(&self) -> Result<Sender, ConnectError> {
         let started = Instant::now();
-        let addr = tokio::time::timeout(self.connect_timeout, self.resolve()).await.map_err(|_| ConnectError::Timeout)??;
+        let addr =
+            tokio::time::timeout(self.connect_timeout, self.resolve()).await.map_err(|_| ConnectError::Timeout)??;
         let left = self.connect_timeout.saturating_sub(started.elapsed());
         let stream = tokio::time::timeout(left, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout)?
             .map_err(ConnectError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+        let (tx, conn) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
         tokio::spawn(async move {
             // Ends when the upstream closes or the last sender is dropped.
             let _ = conn.await;

@@ -53,9 +53,7 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start(name: &str) -> TestUpstream {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         Self::serve(l, name).await
     }
 
@@ -96,17 +94,9 @@ impl TestUpstream {
         self.stop.cancel();
     }
 
-    async fn answer(
-        self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Response<TestBody>, Infallible> {
+    async fn answer(self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<TestBody>, Infallible> {
         self.hits.fetch_add(1, Ordering::SeqCst);
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
         self.seen.lock().push(Seen {
             method: req.method().to_string(),
             path_and_query: pq.clone(),
@@ -115,10 +105,7 @@ impl TestUpstream {
         });
         let path = req.uri().path().to_string();
         if path.starts_with("/echo") {
-            let body = req
-                .into_body()
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                .boxed();
+            let body = req.into_body().map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
             return Ok(Response::new(body));
         }
         if path.starts_with("/collect") {
@@ -130,31 +117,19 @@ impl TestUpstream {
             return Ok(Response::new(full(n.to_string())));
         }
         if let Some(rest) = path.strip_prefix("/slow/") {
-            let ms: u64 = rest
-                .split('/')
-                .next()
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(100);
+            let ms: u64 = rest.split('/').next().and_then(|x| x.parse().ok()).unwrap_or(100);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let mut res = Response::new(full(self.name.clone()));
-        res.headers_mut()
-            .insert("x-upstream", self.name.parse().expect("hv"));
-        res.headers_mut()
-            .insert("connection", "x-up-secret".parse().expect("hv"));
-        res.headers_mut()
-            .insert("x-up-secret", "1".parse().expect("hv"));
-        res.headers_mut()
-            .insert("keep-alive", "timeout=5".parse().expect("hv"));
+        res.headers_mut().insert("x-upstream", self.name.parse().expect("hv"));
+        res.headers_mut().insert("connection", "x-up-secret".parse().expect("hv"));
+        res.headers_mut().insert("x-up-secret", "1".parse().expect("hv"));
+        res.headers_mut().insert("keep-alive", "timeout=5".parse().expect("hv"));
         Ok(res)
     }
 
     pub fn last(&self) -> Seen {
-        self.seen
-            .lock()
-            .last()
-            .cloned()
-            .expect("upstream saw a request")
+        self.seen.lock().last().cloned().expect("upstream saw a request")
     }
 }
 
@@ -183,9 +158,7 @@ impl TestGateway {
         let path = dir.join("gw.yaml");
         std::fs::write(&path, yaml).expect("write config");
         let cfg = portcullis::config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
-        let gw = portcullis::server::Gateway::start(cfg, Some(path.clone()))
-            .await
-            .expect("start");
+        let gw = portcullis::server::Gateway::start(cfg, Some(path.clone())).await.expect("start");
         TestGateway { gw, path }
     }
 
@@ -210,10 +183,7 @@ impl TestGateway {
 /// A config with one `public` listener on an ephemeral port, one upstream `up` over the
 /// given targets, and a catch-all public route; `extra` is appended under `routes:`.
 pub fn simple_config(targets: &[SocketAddr], limits: &str, extra_routes: &str) -> String {
-    let t: Vec<String> = targets
-        .iter()
-        .map(|a| format!("{{ url: \"http://{a}\" }}"))
-        .collect();
+    let t: Vec<String> = targets.iter().map(|a| format!("{{ url: \"http://{a}\" }}")).collect();
     format!(
         "version: 1\nnode: {{ shutdown_grace: 5s }}\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\n    limits: {{ {limits} }}\nupstreams:\n  - name: up\n    targets: [{}]\n    timeouts: {{ connect: 1s, response: 2s }}\nroutes:\n  - name: all\n    match: {{ prefix: / }}\n    upstream: up\n    public: true\n{extra_routes}",
         t.join(", ")
@@ -225,9 +195,7 @@ pub fn client() -> Client<HttpConnector, TestBody> {
 }
 
 pub fn h2_client() -> Client<HttpConnector, TestBody> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new())
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
 }
 
 /// GET a URL, returning status, headers and body text.
@@ -251,24 +219,16 @@ pub async fn send_bytes(req: Request<TestBody>) -> (u16, HeaderMap, Bytes) {
 /// Parse a problem+json body and check its required members.
 pub fn problem(status: u16, headers: &HeaderMap, body: &str) -> serde_json::Value {
     assert_eq!(
-        headers
-            .get("content-type")
-            .map(|v| v.to_str().unwrap_or("")),
+        headers.get("content-type").map(|v| v.to_str().unwrap_or("")),
         Some("application/problem+json"),
         "{body}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("problem+json {e}: {body}"));
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("problem+json {e}: {body}"));
     assert_eq!(v["status"], status, "{body}");
     for k in ["type", "title", "detail", "request_id"] {
         assert!(v[k].is_string(), "missing {k} in {body}");
     }
-    assert_eq!(
-        headers
-            .get("x-request-id")
-            .map(|h| h.to_str().unwrap_or("")),
-        v["request_id"].as_str()
-    );
+    assert_eq!(headers.get("x-request-id").map(|h| h.to_str().unwrap_or("")), v["request_id"].as_str());
     v
 }
 
