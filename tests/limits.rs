@@ -228,3 +228,45 @@ async fn keepalive_requests_each_get_a_fresh_head_budget() {
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn host_header_rules() {
+    // RFC 9112 §3.2: a missing Host in HTTP/1.1 and more than one Host are 400
+    let (up, gw) = setup().await;
+    for case in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"] {
+        let (resp, closed) = raw_exchange(gw.addr(), case, Duration::from_secs(10)).await;
+        assert!(closed);
+        assert_problem(&resp, 400);
+    }
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // absolute-form: the target's authority wins over Host, for routing and upstream alike
+    let (resp, _) = raw_exchange(
+        gw.addr(),
+        b"GET http://real.example/x HTTP/1.1\r\nHost: fake.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.headers["host"], "real.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "real.example");
+    assert_eq!(seen.path_and_query, "/x");
+}
+
+#[tokio::test]
+async fn idle_h2_connection_is_closed() {
+    use hyper::client::conn::http2;
+    let (_up, gw) = setup().await;
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let (mut tx, conn) =
+        http2::handshake::<_, _, TestBody>(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let conn_task = tokio::spawn(conn);
+    let res = tx.send_request(http::Request::get(gw.url("/")).body(full("")).expect("req")).await.expect("response");
+    assert_eq!(res.status(), 200);
+    drop(res);
+    // with no stream open the gateway sends GOAWAY and closes within 2 x idle_timeout
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn_task).await;
+    assert!(ended.is_ok(), "idle h2 connection still open");
+}

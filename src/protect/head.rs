@@ -47,6 +47,10 @@ impl ConnState {
     pub(crate) fn set_linger(&self) {
         self.linger.store(true, Ordering::Relaxed);
     }
+    /// (requests started, responses finished).
+    pub(crate) fn counters(&self) -> (u64, u64) {
+        (self.started.load(Ordering::Relaxed), self.finished.load(Ordering::Acquire))
+    }
     fn between_requests(&self) -> bool {
         self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Acquire)
     }

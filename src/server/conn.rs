@@ -70,7 +70,10 @@ pub(crate) async fn serve(
         Ok(None) | Err(_) => return,
     };
     if is_h2 {
-        let ctx = Arc::new(ConnCtx { gw, peer, client_ip: client_ip_value(peer.ip()), limits, state: None });
+        // The same counters as HTTP/1, here counting open streams for the idle timeout.
+        let state = Arc::new(ConnState::default());
+        let ctx =
+            Arc::new(ConnCtx { gw, peer, client_ip: client_ip_value(peer.ip()), limits, state: Some(state.clone()) });
         let io = TokioIo::new(Rewind { prefix, inner: stream });
         let svc = service_fn(move |req| handle(ctx.clone(), req));
         let mut b = http2::Builder::new(TokioExecutor::new());
@@ -81,10 +84,23 @@ pub(crate) async fn serve(
             .keep_alive_timeout(Duration::from_secs(10));
         let conn = b.serve_connection(io, svc);
         tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
+        // Idle: no stream open and none started or finished over a whole idle_timeout
+        // (so a connection closes between 1x and 2x idle_timeout after its last stream).
+        let mut seen = state.counters();
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(limits.idle_timeout) => {
+                    let now = state.counters();
+                    if now.0 == now.1 && now == seen {
+                        break;
+                    }
+                    seen = now;
+                }
+            }
         }
+        conn.as_mut().graceful_shutdown();
         let _ = conn.await;
     } else {
         let state = Arc::new(ConnState::default());

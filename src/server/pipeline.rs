@@ -71,12 +71,27 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     Ok(res)
 }
 
-/// The host a request is for: lower-case, without port or trailing dot.
-fn request_host(req: &http::request::Parts) -> Option<Cow<'_, str>> {
-    let raw = match req.headers.get(header::HOST) {
-        Some(h) => h.to_str().ok()?,
-        None => req.uri.authority()?.as_str(),
-    };
+/// The authority a request is for, as sent: the request target's authority when it has one
+/// (absolute-form, or HTTP/2 `:authority`; RFC 9112 §3.2.2 says it wins over `Host`), else
+/// the `Host` header. Routing and the upstream's `Host` both use this one value.
+fn request_authority(req: &http::request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
+    if let Some(a) = req.uri.authority() {
+        return HeaderValue::from_str(a.as_str()).map(Some).map_err(|_| GatewayError::BadRequest("invalid authority"));
+    }
+    if host.is_none() && req.version == Version::HTTP_11 {
+        return Err(GatewayError::BadRequest("missing Host header"));
+    }
+    Ok(host.cloned())
+}
+
+/// The host to route on: lower-case, without port or trailing dot.
+fn route_host(authority: Option<&HeaderValue>) -> Option<Cow<'_, str>> {
+    let raw = authority?.to_str().ok()?;
     let host = if raw.starts_with('[') {
         raw.split_inclusive(']').next()?
     } else {
@@ -126,7 +141,8 @@ async fn proxy(
 
     // router
     let path = normalise(parts.uri.path())?;
-    let host = request_host(&parts);
+    let original_host = request_authority(&parts)?;
+    let host = route_host(original_host.as_ref());
     let view = RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers };
     let idx = snap.table.find(&view).ok_or(GatewayError::RouteNotFound)?;
     let route = &snap.table.routes()[idx];
@@ -145,14 +161,10 @@ async fn proxy(
     };
 
     // headers for the upstream
-    let original_host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    if parts.version == Version::HTTP_2
-        && let Some(h) = &original_host
+    if let Some(h) = &original_host
+        && parts.uri.authority().is_some()
     {
         parts.headers.insert(header::HOST, h.clone());
     }
