@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -176,6 +176,14 @@ async fn proxy(
     } else {
         Some(LimitedBody::new(body, limit, Instant::now() + ctx.limits.body_timeout, ctx.state.clone()))
     };
+    if let Some(b) = &body
+        && b.size_hint().exact().is_none()
+        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE)
+    {
+        // hyper's client would send these methods with an unknown-length body as
+        // `Content-Length: 0` and drop the body; say "chunked" explicitly.
+        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     let upstream_req = Request::from_parts(parts, proxy_body(body));
     let (res, loan) = upstream.forward(upstream_req, path_and_query).await?;
 
