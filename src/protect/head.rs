@@ -25,6 +25,8 @@ use tokio::time::{Instant, Sleep};
 pub(crate) const MAX_HEADER_LINES: usize = 100;
 const LINGER_FOR: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
+/// Largest answer of hyper's own that [`GuardedIo`] rewrites as problem+json.
+const MAX_OWN_ANSWER: usize = 512;
 
 /// Per-connection counters shared between the guard and the request pipeline.
 #[derive(Debug, Default)]
@@ -231,6 +233,30 @@ impl<T: AsyncRead + AsyncWrite> GuardedIo<T> {
         }
     }
 
+    /// hyper answers a head it cannot parse (400, 501, 505...) itself, with an empty body.
+    /// Such an answer is the only thing written while no request is in flight: replace it
+    /// with problem+json. Matched narrowly (its exact shape) so no real response is touched.
+    fn intercept(self: Pin<&mut Self>, buf: &[u8]) -> bool {
+        if !self.state.between_requests() || buf.len() > MAX_OWN_ANSWER || !buf.starts_with(b"HTTP/1.1 ") {
+            return false;
+        }
+        let text = String::from_utf8_lossy(buf).to_ascii_lowercase();
+        if !text.ends_with("\r\n\r\n")
+            || !text.contains("\r\ncontent-length: 0\r\n")
+            || !text.contains("\r\nconnection: close\r\n")
+        {
+            return false;
+        }
+        let Some(status) = text.get(9..12).and_then(|s| s.parse::<u16>().ok()).filter(|s| (400..600).contains(s))
+        else {
+            return false;
+        };
+        let line = String::from_utf8_lossy(buf.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
+        let title = line.get(13..).filter(|t| !t.is_empty()).unwrap_or("Bad Request").to_string();
+        self.reply(status, &title, "the request is malformed and cannot be processed");
+        true
+    }
+
     fn reply(self: Pin<&mut Self>, status: u16, title: &str, detail: &str) {
         let this = self.project();
         let id = (this.request_id)();
@@ -322,20 +348,27 @@ fn read_through<T: AsyncRead>(
 }
 
 impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if !matches!(self.mode, Mode::Open) {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if !matches!(self.mode, Mode::Open) || self.as_mut().intercept(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
         self.project().inner.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum();
         if !matches!(self.mode, Mode::Open) {
-            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+            return Poll::Ready(Ok(total));
+        }
+        if total <= MAX_OWN_ANSWER && bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 ")) {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            if self.as_mut().intercept(&joined) {
+                return Poll::Ready(Ok(total));
+            }
         }
         self.project().inner.poll_write_vectored(cx, bufs)
     }
