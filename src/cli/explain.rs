@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::router::path::normalise;
-use crate::router::{RequestView, Table};
+use crate::router::{HostError, RequestView, Table, request_authority, route_host};
 
 pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) -> ExitCode {
     let Some(cfg) = super::load_or_report(config) else {
@@ -36,15 +36,22 @@ pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) ->
             }
         }
     }
-    let host = map
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.host().map(str::to_string))
-        .map(|h| {
-            let h = if h.starts_with('[') { h } else { h.rsplit_once(':').map_or(h.clone(), |(a, _)| a.to_string()) };
-            h.trim_end_matches('.').to_ascii_lowercase()
-        });
+    // The same host rules as the gateway: the URL's authority wins over a Host header.
+    let mut req = http::Request::new(());
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = map.clone();
+    let (parts, ()) = req.into_parts();
+    let authority = match request_authority(&parts) {
+        Ok(a) => a,
+        Err(HostError("missing Host header")) => None,
+        Err(e) => {
+            println!("request: {method} {url}");
+            println!("refused before routing (400): {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let host = route_host(authority.as_ref()).map(|h| h.into_owned());
     let path = match normalise(uri.path()) {
         Ok(p) => p.into_owned(),
         Err(e) => {

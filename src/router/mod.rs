@@ -12,7 +12,9 @@
 //!
 //! The first route in that order whose host, path, methods and headers all match wins.
 
+mod host;
 pub mod path;
 mod table;
 
+pub use host::{HostError, request_authority, route_host};
 pub use table::{Explanation, Miss, RequestView, Table};

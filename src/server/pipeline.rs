@@ -22,8 +22,8 @@ use crate::error::{GatewayError, rescue};
 use crate::observe::new_request_id;
 use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
 use crate::protect::{ConnState, LimitedBody};
-use crate::router::RequestView;
 use crate::router::path::normalise;
+use crate::router::{RequestView, request_authority, route_host};
 use crate::upstream::proxy_body;
 
 /// What the pipeline knows about the connection a request came on.
@@ -71,40 +71,6 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     Ok(res)
 }
 
-/// The authority a request is for, as sent: the request target's authority when it has one
-/// (absolute-form, or HTTP/2 `:authority`; RFC 9112 §3.2.2 says it wins over `Host`), else
-/// the `Host` header. Routing and the upstream's `Host` both use this one value.
-fn request_authority(req: &http::request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
-    let mut hosts = req.headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(GatewayError::BadRequest("more than one Host header"));
-    }
-    if let Some(a) = req.uri.authority() {
-        return HeaderValue::from_str(a.as_str()).map(Some).map_err(|_| GatewayError::BadRequest("invalid authority"));
-    }
-    if host.is_none() && req.version == Version::HTTP_11 {
-        return Err(GatewayError::BadRequest("missing Host header"));
-    }
-    Ok(host.cloned())
-}
-
-/// The host to route on: lower-case, without port or trailing dot.
-fn route_host(authority: Option<&HeaderValue>) -> Option<Cow<'_, str>> {
-    let raw = authority?.to_str().ok()?;
-    let host = if raw.starts_with('[') {
-        raw.split_inclusive(']').next()?
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(host))
-    }
-}
-
 fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
     let mut out = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
@@ -141,7 +107,7 @@ async fn proxy(
 
     // router
     let path = normalise(parts.uri.path())?;
-    let original_host = request_authority(&parts)?;
+    let original_host = request_authority(&parts).map_err(|e| GatewayError::BadRequest(e.0))?;
     let host = route_host(original_host.as_ref());
     let view = RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers };
     let idx = snap.table.find(&view).ok_or(GatewayError::RouteNotFound)?;
