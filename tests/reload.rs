@@ -175,3 +175,41 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
     let (_, _, body) = get(&gw.url("/")).await;
     assert_eq!(body, "b");
 }
+
+fn named_listener(name: &str, port: u16, up: std::net::SocketAddr) -> String {
+    format!(
+        "version: 1\nlisteners:\n  - {{ name: {name}, bind: \"127.0.0.1:{port}\" }}\nupstreams:\n  - {{ name: up, targets: [{{ url: \"http://{up}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: up, public: true }}\n"
+    )
+}
+
+#[tokio::test]
+async fn renaming_a_listener_keeps_its_socket_and_connections() {
+    let a = TestUpstream::start("a").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let dir = scratch_dir();
+    let path = dir.join("gw.yaml");
+    std::fs::write(&path, named_listener("public", port, a.addr)).expect("write");
+    let cfg = portcullis::config::load(&path).expect("config");
+    let gw = portcullis::server::Gateway::start(cfg, Some(path.clone())).await.expect("start");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"));
+
+    std::fs::write(&path, named_listener("edge", port, a.addr)).expect("write");
+    gw.reload().await.expect("rename");
+    assert_eq!(gw.local_addr("edge"), Some(addr));
+    assert_eq!(gw.local_addr("public"), None);
+    assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"), "the open connection was disturbed");
+    let (status, _, _) = get(&format!("http://{addr}/")).await;
+    assert_eq!(status, 200);
+
+    // a reload whose new listener cannot bind is refused as a whole
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr").port();
+    let two = named_listener("edge", port, a.addr)
+        .replace("listeners:\n", &format!("listeners:\n  - {{ name: other, bind: \"127.0.0.1:{busy}\" }}\n"));
+    std::fs::write(&path, two).expect("write");
+    assert!(gw.reload().await.is_err());
+    assert_eq!(gw.local_addr("edge"), Some(addr));
+    assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"));
+}

@@ -146,7 +146,6 @@ async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) ->
                 return ExitCode::from(1);
             }
         };
-    let grace = cfg.node.shutdown_grace;
     let node = cfg.node.name.clone();
     let gw = match Gateway::start(cfg, path).await {
         Ok(gw) => gw,
@@ -164,6 +163,8 @@ async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) ->
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
+    // Read now: a reload may have changed it.
+    let grace = gw.snapshot().config.node.shutdown_grace;
     tracing::info!(
         signal = sig,
         grace_ms = grace.as_millis() as u64,

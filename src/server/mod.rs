@@ -82,7 +82,9 @@ pub enum Reloaded {
 
 #[derive(Debug)]
 struct Running {
-    name: String,
+    /// Shared with the accept loop, which reads it per connection: a listener renamed on
+    /// reload keeps its socket.
+    name: Arc<Mutex<Arc<str>>>,
     bind: SocketAddr,
     local: SocketAddr,
     cancel: CancellationToken,
@@ -159,20 +161,20 @@ impl Gateway {
         let local = sock.local_addr().unwrap_or(l.bind);
         let cancel = self.inner.shutdown.child_token();
         tracing::info!(listener = %l.name, addr = %local, "Listening");
-        self.inner.listeners.lock().push(Running { name: l.name.clone(), bind: l.bind, local, cancel: cancel.clone() });
+        let name = Arc::new(Mutex::new(Arc::<str>::from(l.name.as_str())));
+        self.inner.listeners.lock().push(Running { name: name.clone(), bind: l.bind, local, cancel: cancel.clone() });
         let inner = self.inner.clone();
-        let name = l.name.clone();
         self.inner.tracker.spawn(accept_loop(inner, name, sock, cancel));
     }
 
     /// Address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.inner.listeners.lock().iter().find(|r| r.name == listener).map(|r| r.local)
+        self.inner.listeners.lock().iter().find(|r| &**r.name.lock() == listener).map(|r| r.local)
     }
 
     /// Every listener's name and bound address.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.inner.listeners.lock().iter().map(|r| (r.name.clone(), r.local)).collect()
+        self.inner.listeners.lock().iter().map(|r| (r.name.lock().to_string(), r.local)).collect()
     }
 
     /// The snapshot serving now.
@@ -203,62 +205,63 @@ impl Gateway {
     }
 
     async fn apply_locked(&self, config: Config) -> Result<u64, GatewayStartError> {
-        type Keys = Vec<(String, SocketAddr)>;
-        let (keep, remove): (Keys, Keys) = {
-            let running = self.inner.listeners.lock();
-            running
-                .iter()
-                .map(|r| (r.name.clone(), r.bind))
-                .partition(|(n, b)| config.listeners.iter().any(|l| &l.name == n && l.bind == *b))
+        // Match each listener of the new config to a running one: the same name and address
+        // keeps it; the same (fixed) address under a new name keeps its socket and renames
+        // it. Everything else is bound now, before anything changes: if a bind fails, the
+        // reload is refused and the running config and listeners stay exactly as they were.
+        let running: Vec<(usize, String, SocketAddr)> = {
+            let r = self.inner.listeners.lock();
+            r.iter().enumerate().map(|(i, r)| (i, r.name.lock().to_string(), r.bind)).collect()
         };
-        // Bind new listeners first: if one fails, nothing has changed. A listener that moves
-        // to an address it already holds cannot be bound twice, so it is a remove + add.
-        let mut added = Vec::new();
+        let mut claimed = vec![false; running.len()];
+        let mut renames: Vec<(usize, String)> = Vec::new();
+        let mut to_bind: Vec<&ListenerConfig> = Vec::new();
         for l in &config.listeners {
-            if keep.iter().any(|(n, b)| n == &l.name && *b == l.bind) {
-                continue;
+            if let Some((i, ..)) = running.iter().find(|(i, n, b)| !claimed[*i] && n == &l.name && *b == l.bind) {
+                claimed[*i] = true;
+            } else if let Some((i, ..)) =
+                running.iter().find(|(i, n, b)| !claimed[*i] && *b == l.bind && l.bind.port() != 0 && n != &l.name)
+            {
+                claimed[*i] = true;
+                renames.push((*i, l.name.clone()));
+            } else {
+                to_bind.push(l);
             }
-            let holds_addr = remove.iter().any(|(_, b)| *b == l.bind && b.port() != 0);
-            if holds_addr {
-                self.stop_listener(&l.name, l.bind);
-                self.stop_listeners_at(l.bind);
-            }
+        }
+        let mut added = Vec::new();
+        for l in to_bind {
             added.push((l.clone(), bind(l).await?));
+        }
+        if config.node.workers != self.inner.snapshot.load().config.node.workers {
+            tracing::warn!("node.workers changed: it takes effect at the next restart");
         }
         let version = self.inner.snapshot.load().version + 1;
         let snap = Snapshot::build(version, config, &self.inner.clients);
         self.inner.clients.retain_used(&snap.upstreams);
         self.inner.snapshot.store(Arc::new(snap));
-        for (name, bind) in remove {
-            self.stop_listener(&name, bind);
+        {
+            let mut listeners = self.inner.listeners.lock();
+            for (i, new_name) in renames {
+                let mut n = listeners[i].name.lock();
+                tracing::info!(listener = %new_name, was = %*n, addr = %listeners[i].local, "Listener renamed");
+                *n = Arc::from(new_name.as_str());
+            }
+            let mut idx = 0;
+            listeners.retain(|r| {
+                let keep = claimed.get(idx).copied().unwrap_or(true);
+                idx += 1;
+                if !keep {
+                    tracing::info!(listener = %*r.name.lock(), addr = %r.local, "Listener removed");
+                    r.cancel.cancel();
+                }
+                keep
+            });
         }
         for (l, sock) in added {
             self.spawn_listener(&l, sock);
         }
         tracing::info!(config_version = version, "Config applied");
         Ok(version)
-    }
-
-    fn stop_listener(&self, name: &str, bind: SocketAddr) {
-        let mut running = self.inner.listeners.lock();
-        running.retain(|r| {
-            let hit = r.name == name && r.bind == bind;
-            if hit {
-                tracing::info!(listener = %r.name, addr = %r.local, "Listener removed");
-                r.cancel.cancel();
-            }
-            !hit
-        });
-    }
-
-    fn stop_listeners_at(&self, bind: SocketAddr) {
-        let mut running = self.inner.listeners.lock();
-        running.retain(|r| {
-            if r.bind == bind {
-                r.cancel.cancel();
-            }
-            r.bind != bind
-        });
     }
 
     /// Stop accepting, let in-flight requests finish for up to `grace`, then return.
@@ -277,7 +280,7 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(inner: Arc<Inner>, name: String, sock: TcpListener, cancel: CancellationToken) {
+async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpListener, cancel: CancellationToken) {
     let limiter = Arc::new(ConnLimiter::default());
     loop {
         let accepted = tokio::select! {
@@ -288,13 +291,14 @@ async fn accept_loop(inner: Arc<Inner>, name: String, sock: TcpListener, cancel:
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "Accept failed");
+                tracing::warn!(listener = %*name.lock(), error = %e, "Accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
+        let name = name.lock().clone();
         let snap = inner.snapshot.load();
-        let Some(limits) = snap.config.listeners.iter().find(|l| l.name == name).map(|l| l.limits) else {
+        let Some(limits) = snap.config.listeners.iter().find(|l| *l.name == *name).map(|l| l.limits) else {
             continue;
         };
         let permit = match limiter.acquire(peer.ip(), limits.max_connections, limits.max_connections_per_ip) {
