@@ -2,13 +2,16 @@
 //! or the upstream's body, streamed. An enum rather than a boxed trait object, so the common
 //! proxied path does not allocate for it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::protect::ConnState;
 use crate::upstream::Loan;
@@ -21,8 +24,23 @@ enum Kind {
     Full(Option<Bytes>),
     /// The upstream's body, and the pooled connection it came on, to be given back once
     /// the body has been read to the end.
-    Upstream(Incoming, Option<Loan>),
+    Upstream(Incoming, Option<Loan>, Stall),
 }
+
+/// Cuts off an upstream body that stops arriving: no frame for `limit` is an error. The
+/// timer is made on the first wait only and re-armed lazily, so a body that flows costs a
+/// clock read per frame and no timer operations.
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    last: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// The upstream stopped sending its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream response body stalled for longer than {0:?}")]
+pub struct UpstreamStalled(Duration);
 
 /// A downstream response body.
 #[derive(Debug)]
@@ -48,9 +66,11 @@ impl GwBody {
         GwBody { kind: Kind::Full(Some(b)), done: None }
     }
 
-    /// The upstream's body, streamed; `loan` returns its connection to the pool at the end.
-    pub fn upstream(b: Incoming, loan: Option<Loan>) -> Self {
-        GwBody { kind: Kind::Upstream(b, loan), done: None }
+    /// The upstream's body, streamed; `loan` returns its connection to the pool at the end;
+    /// a pause longer than `stall` between frames aborts it.
+    pub fn upstream(b: Incoming, loan: Option<Loan>, stall: Duration) -> Self {
+        let stall = Stall { limit: stall, last: Instant::now(), timer: None };
+        GwBody { kind: Kind::Upstream(b, loan, stall), done: None }
     }
 
     pub(crate) fn track(&mut self, conn: Arc<ConnState>) {
@@ -65,8 +85,29 @@ impl Body for GwBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inc, loan) => {
+            Kind::Upstream(inc, loan, stall) => {
                 let r = Pin::new(&mut *inc).poll_frame(cx).map_err(Into::into);
+                match &r {
+                    Poll::Ready(Some(Ok(_))) => stall.last = Instant::now(),
+                    Poll::Pending => loop {
+                        let deadline = stall.last + stall.limit;
+                        let timer = stall.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                        if timer.deadline() != deadline {
+                            timer.as_mut().reset(deadline);
+                        }
+                        if timer.as_mut().poll(cx).is_pending() {
+                            break;
+                        }
+                        if Instant::now() >= deadline {
+                            tracing::warn!(
+                                limit_ms = stall.limit.as_millis() as u64,
+                                "Upstream response body stalled; aborting it"
+                            );
+                            return Poll::Ready(Some(Err(Box::new(UpstreamStalled(stall.limit)))));
+                        }
+                    },
+                    _ => {}
+                }
                 if (matches!(r, Poll::Ready(None)) || (matches!(r, Poll::Ready(Some(Ok(_)))) && inc.is_end_stream()))
                     && let Some(l) = loan.take()
                 {
@@ -80,14 +121,14 @@ impl Body for GwBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
-            Kind::Upstream(inc, _) => inc.is_end_stream(),
+            Kind::Upstream(inc, ..) => inc.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(inc, _) => inc.size_hint(),
+            Kind::Upstream(inc, ..) => inc.size_hint(),
         }
     }
 }

@@ -222,3 +222,20 @@ async fn a_get_with_a_chunked_body_keeps_its_body() {
     let (status, _, got) = send(Request::get(gw.url("/echo")).body(full("abc")).expect("req")).await;
     assert_eq!((status, got.as_str()), (200, "abc"));
 }
+
+#[tokio::test]
+async fn a_stalled_upstream_body_is_cut_off() {
+    let up = TestUpstream::start("a").await;
+    let yaml = simple_config(&[up.addr], "", "").replace("response: 2s", "response: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    // a short pause is fine
+    let (status, _, body) = get(&gw.url("/stall/50")).await;
+    assert_eq!((status, body.as_str()), (200, "partial rest"));
+    // a long one aborts the response instead of holding the client forever
+    let res = client().request(Request::get(gw.url("/stall/5000")).body(full("")).expect("req")).await.expect("head");
+    assert_eq!(res.status(), 200);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(4), res.into_body().collect())
+        .await
+        .expect("cut off in time");
+    assert!(got.is_err(), "the stalled body should end in an error, not complete");
+}

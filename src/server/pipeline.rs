@@ -157,5 +157,5 @@ async fn proxy(
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, request_id.clone());
     rp.version = Version::HTTP_11;
-    Ok(Response::from_parts(rp, GwBody::upstream(rb, loan)))
+    Ok(Response::from_parts(rp, GwBody::upstream(rb, loan, upstream.response_timeout())))
 }

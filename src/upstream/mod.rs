@@ -83,6 +83,12 @@ impl Upstream {
         &self.name
     }
 
+    /// `timeouts.response`: the wait for the response head, and the longest pause allowed
+    /// between chunks of the response body.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
     /// Round robin over the targets.
     fn pick(&self) -> Option<&Target> {
         if self.targets.is_empty() {

@@ -40,6 +40,7 @@ pub struct Seen {
 ///
 /// * `/echo…`: streams the request body back;
 /// * `/collect…`: reads the whole body, then answers with its length;
+/// * `/stall/{ms}…`: sends `partial `, pauses, then `rest`;
 /// * `/slow/{ms}…`: waits, then answers;
 /// * anything else: `200 <name>`.
 #[derive(Clone)]
@@ -107,6 +108,26 @@ impl TestUpstream {
         if path.starts_with("/echo") {
             let body = req.into_body().map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
             return Ok(Response::new(body));
+        }
+        if let Some(rest) = path.strip_prefix("/stall/") {
+            // sends a first chunk, pauses, then the rest
+            let ms: u64 = rest.split('/').next().and_then(|x| x.parse().ok()).unwrap_or(100);
+            let stream = futures_util::stream::unfold(0u8, move |step| async move {
+                match step {
+                    0 => Some((
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                            Bytes::from_static(b"partial "),
+                        )),
+                        1,
+                    )),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Some((Ok(hyper::body::Frame::data(Bytes::from_static(b"rest"))), 2))
+                    }
+                    _ => None,
+                }
+            });
+            return Ok(Response::new(http_body_util::StreamBody::new(stream).boxed()));
         }
         if path.starts_with("/collect") {
             // reads the whole body before answering with its length
