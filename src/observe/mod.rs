@@ -2,7 +2,7 @@
 //!
 //! Logs go to stderr: human-readable on a terminal, JSON lines otherwise (or as forced by
 //! `PORTCULLIS_LOG_FORMAT=json|text`). The level comes from `RUST_LOG` (default `info`).
-//! Every event about a request carries `request_id`, `route` and `config_version`.
+//! Every event about a request carries `request_id`, `client` and `config_version`.
 
 use std::io::IsTerminal;
 
