@@ -271,3 +271,33 @@ async fn idle_h2_connection_is_closed() {
     let ended = tokio::time::timeout(Duration::from_secs(10), conn_task).await;
     assert!(ended.is_ok(), "idle h2 connection still open");
 }
+
+#[tokio::test]
+async fn every_head_on_a_kept_alive_connection_is_limited() {
+    let (_up, gw) = setup().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(4096));
+    s.write_all(big.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.expect("closed");
+    assert_problem(&String::from_utf8_lossy(&out), 431);
+}
+
+#[tokio::test]
+async fn an_upstream_empty_error_answer_is_passed_through_untouched() {
+    // the guard rewrites only hyper's own answers to unparsable heads, never a real response
+    let (_up, gw) = setup().await;
+    let (resp, _) = raw_exchange(
+        gw.addr(),
+        b"GET /status/400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("x-upstream: a"), "{resp}");
+    assert!(!resp.contains("problem+json"), "{resp}");
+}

@@ -53,6 +53,12 @@ impl ConnState {
     pub(crate) fn counters(&self) -> (u64, u64) {
         (self.started.load(Ordering::Relaxed), self.finished.load(Ordering::Acquire))
     }
+    fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+    fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
+    }
     fn between_requests(&self) -> bool {
         self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Acquire)
     }
@@ -139,8 +145,10 @@ pin_project_lite::pin_project! {
         scan: HeadScan,
         // true while the timer guards the current head
         armed: bool,
-        // set when a message was seen in flight, so the next head starts a fresh scan
-        in_message: bool,
+        // `finished` when the current head scan began: when it moves on, a message has
+        // completed and the next head starts a fresh scan (whether or not we were polled
+        // during the message)
+        epoch: u64,
         mode: Mode,
         request_id: fn() -> String,
     }
@@ -170,7 +178,7 @@ impl<T> GuardedIo<T> {
             timer: Box::pin(tokio::time::sleep_until(accepted + limits.header_timeout)),
             scan: HeadScan::default(),
             armed: true,
-            in_message: false,
+            epoch: 0,
             mode: Mode::Open,
             request_id,
         }
@@ -237,7 +245,13 @@ impl<T: AsyncRead + AsyncWrite> GuardedIo<T> {
     /// Such an answer is the only thing written while no request is in flight: replace it
     /// with problem+json. Matched narrowly (its exact shape) so no real response is touched.
     fn intercept(self: Pin<&mut Self>, buf: &[u8]) -> bool {
-        if !self.state.between_requests() || buf.len() > MAX_OWN_ANSWER || !buf.starts_with(b"HTTP/1.1 ") {
+        // hyper's own answer: bytes of a head arrived and no request was handed to the
+        // pipeline since that head began (a real response always follows one).
+        if self.scan.bytes == 0
+            || self.state.started() != self.epoch
+            || buf.len() > MAX_OWN_ANSWER
+            || !buf.starts_with(b"HTTP/1.1 ")
+        {
             return false;
         }
         let text = String::from_utf8_lossy(buf).to_ascii_lowercase();
@@ -274,12 +288,12 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
             }
             let this = self.as_mut().project();
             if !this.state.between_requests() {
-                *this.in_message = true;
                 return read_through(this.inner, this.prefix, cx, buf);
             }
-            if *this.in_message {
+            let finished = this.state.finished();
+            if finished != *this.epoch {
                 // The previous response is done: the next head starts now, under the idle timeout.
-                *this.in_message = false;
+                *this.epoch = finished;
                 *this.scan = HeadScan::default();
                 *this.armed = true;
                 this.timer.as_mut().reset(Instant::now() + this.limits.idle_timeout);
@@ -364,7 +378,12 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
         if !matches!(self.mode, Mode::Open) {
             return Poll::Ready(Ok(total));
         }
-        if total <= MAX_OWN_ANSWER && bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 ")) {
+        // Cheap checks first: this runs for every response written.
+        if total <= MAX_OWN_ANSWER
+            && self.scan.bytes > 0
+            && self.state.started() == self.epoch
+            && bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 "))
+        {
             let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
             if self.as_mut().intercept(&joined) {
                 return Poll::Ready(Ok(total));

@@ -41,6 +41,7 @@ pub struct Seen {
 /// * `/echo…`: streams the request body back;
 /// * `/collect…`: reads the whole body, then answers with its length;
 /// * `/stall/{ms}…`: sends `partial `, pauses, then `rest`;
+/// * `/status/{code}`: an empty answer with that status;
 /// * `/slow/{ms}…`: waits, then answers;
 /// * anything else: `200 <name>`.
 #[derive(Clone)]
@@ -128,6 +129,13 @@ impl TestUpstream {
                 }
             });
             return Ok(Response::new(http_body_util::StreamBody::new(stream).boxed()));
+        }
+        if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+            // an empty answer with that status
+            let mut res = Response::new(full(""));
+            *res.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::IM_A_TEAPOT);
+            res.headers_mut().insert("x-upstream", self.name.parse().expect("hv"));
+            return Ok(res);
         }
         if path.starts_with("/collect") {
             // reads the whole body before answering with its length
