@@ -5,7 +5,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that only describe one hop, never forwarded.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -18,7 +18,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Forwarding headers a client could forge; the gateway sets its own.
-const FORWARDING: [HeaderName; 6] = [
+static FORWARDING: [HeaderName; 6] = [
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-host"),
