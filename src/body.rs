@@ -49,10 +49,19 @@ pub struct GwBody {
     done: Option<Done>,
 }
 
-/// Marks the response finished on the connection when the body is dropped (fully written or
-/// abandoned), so the HTTP/1 guard knows the next bytes start a new request head.
+/// Marks the response finished on the connection when dropped: made when a request starts,
+/// carried by its response body, and dropped when that body is fully written or abandoned
+/// (or with the request, if it is cancelled first), so the counters never drift.
 #[derive(Debug)]
-struct Done(Arc<ConnState>);
+pub(crate) struct Done(Arc<ConnState>);
+
+impl Done {
+    /// A request started on this connection.
+    pub(crate) fn start(conn: &Arc<ConnState>) -> Done {
+        conn.request_started();
+        Done(conn.clone())
+    }
+}
 
 impl Drop for Done {
     fn drop(&mut self) {
@@ -73,8 +82,8 @@ impl GwBody {
         GwBody { kind: Kind::Upstream(b, loan, stall), done: None }
     }
 
-    pub(crate) fn track(&mut self, conn: Arc<ConnState>) {
-        self.done = Some(Done(conn));
+    pub(crate) fn track(&mut self, done: Done) {
+        self.done = Some(done);
     }
 }
 

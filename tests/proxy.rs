@@ -226,7 +226,7 @@ async fn a_get_with_a_chunked_body_keeps_its_body() {
 #[tokio::test]
 async fn a_stalled_upstream_body_is_cut_off() {
     let up = TestUpstream::start("a").await;
-    let yaml = simple_config(&[up.addr], "", "").replace("response: 2s", "response: 300ms");
+    let yaml = simple_config(&[up.addr], "", "").replace("response: 2s", "response: 2s, idle: 300ms");
     let gw = TestGateway::start(&yaml).await;
     // a short pause is fine
     let (status, _, body) = get(&gw.url("/stall/50")).await;

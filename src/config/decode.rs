@@ -438,7 +438,8 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
             }
             None => d.err(item.pos, &join(&ip, "targets"), "missing field `targets`"),
         }
-        let (mut connect, mut response) = (Duration::from_secs(2), Duration::from_secs(30));
+        let (mut connect, mut response, mut idle) =
+            (Duration::from_secs(2), Duration::from_secs(30), Duration::from_secs(300));
         if let Some((n, p)) = f.get("timeouts")
             && let Some(mut tf) = Fields::new(d, n, &p)
         {
@@ -452,7 +453,11 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
             {
                 response = v;
             }
-            tf.unsupported(d, "idle", "`timeouts.idle`");
+            if let Some((n, p)) = tf.get("idle")
+                && let Some(v) = duration(d, n, &p)
+            {
+                idle = v;
+            }
             tf.finish(d);
         }
         f.unsupported(d, "hash_on", "`hash_on` (consistent hashing)");
@@ -467,7 +472,14 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
         if let Some(name) = uname {
             let balance = balance.unwrap_or(Balance::RoundRobin);
             out.push((
-                UpstreamConfig { name, balance, targets, connect_timeout: connect, response_timeout: response },
+                UpstreamConfig {
+                    name,
+                    balance,
+                    targets,
+                    connect_timeout: connect,
+                    response_timeout: response,
+                    idle_timeout: idle,
+                },
                 item.pos,
             ));
         }

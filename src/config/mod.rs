@@ -54,7 +54,12 @@ impl fmt::Display for ConfigErrors {
 
 /// Parse and validate config text. `file` names it in errors.
 pub fn parse(file: &str, src: &str) -> Result<Config, ConfigErrors> {
-    let root = yaml::parse(src).map_err(|e| {
+    // The YAML parser is third-party code fed hostile input: a panic in it must refuse this
+    // file, not take down a running gateway's reload.
+    let parsed = std::panic::catch_unwind(|| yaml::parse(src)).unwrap_or_else(|_| {
+        Err(yaml::SyntaxError { pos: Pos { line: 1, col: 1 }, message: "the YAML parser failed on this input".into() })
+    });
+    let root = parsed.map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
             pos: e.pos,
@@ -65,8 +70,8 @@ pub fn parse(file: &str, src: &str) -> Result<Config, ConfigErrors> {
     decode::decode(file, root.as_ref())
 }
 
-/// Read, parse and validate a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+/// Read a config file's text (bounded in size), with errors in the config error format.
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
     let file = path.display().to_string();
     let read_err = |message: String| {
         ConfigErrors(vec![ConfigError {
@@ -80,8 +85,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     if meta.len() > yaml::MAX_INPUT_BYTES as u64 {
         return Err(read_err(format!("file is larger than {} bytes", yaml::MAX_INPUT_BYTES)));
     }
-    let src = std::fs::read_to_string(path).map_err(|e| read_err(format!("cannot read: {e}")))?;
-    parse(&file, &src)
+    std::fs::read_to_string(path).map_err(|e| read_err(format!("cannot read: {e}")))
+}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    parse(&path.display().to_string(), &read(path)?)
 }
 
 #[cfg(test)]

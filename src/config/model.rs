@@ -95,8 +95,11 @@ pub struct UpstreamConfig {
     pub targets: Vec<TargetConfig>,
     /// `timeouts.connect` (default 2s).
     pub connect_timeout: Duration,
-    /// `timeouts.response`: time until the response head arrives (default 30s).
+    /// `timeouts.response`: time until the response head arrives, counted from the end of
+    /// the request body (default 30s).
     pub response_timeout: Duration,
+    /// `timeouts.idle`: longest pause while the response body streams (default 5m).
+    pub idle_timeout: Duration,
 }
 
 /// `upstreams[].targets[]`

@@ -30,6 +30,30 @@ pub enum BodyError {
     Client(#[source] hyper::Error),
 }
 
+/// Whether (and when) a request body has been read to its end. Shared between the body on
+/// its way upstream and the pipeline, which closes an HTTP/1 connection whose request body
+/// was not fully read (its remaining bytes must never be taken for a next request), and
+/// which starts the upstream's response timeout only once the body is out.
+#[derive(Debug, Default)]
+pub struct BodyProgress {
+    // Locked once when the body ends and once or twice by the pipeline.
+    done_at: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl BodyProgress {
+    /// When the body ended, if it has.
+    pub fn done_at(&self) -> Option<Instant> {
+        *self.done_at.lock()
+    }
+
+    fn mark(&self) {
+        let mut d = self.done_at.lock();
+        if d.is_none() {
+            *d = Some(Instant::now());
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A client body with a size cap and a deadline.
     pub struct LimitedBody {
@@ -42,6 +66,7 @@ pin_project_lite::pin_project! {
         // the pooled client wants an Unpin body.
         timer: Option<Pin<Box<Sleep>>>,
         conn: Option<Arc<ConnState>>,
+        progress: Arc<BodyProgress>,
     }
 }
 
@@ -54,8 +79,14 @@ impl std::fmt::Debug for LimitedBody {
 impl LimitedBody {
     /// Cap `inner` at `limit` bytes, to arrive by `deadline`. On a violation the
     /// connection (if HTTP/1) is marked to close with a lingering drain.
-    pub(crate) fn new(inner: Incoming, limit: u64, deadline: Instant, conn: Option<Arc<ConnState>>) -> Self {
-        LimitedBody { inner, remaining: limit, limit, deadline, timer: None, conn }
+    pub(crate) fn new(
+        inner: Incoming,
+        limit: u64,
+        deadline: Instant,
+        conn: Option<Arc<ConnState>>,
+        progress: Arc<BodyProgress>,
+    ) -> Self {
+        LimitedBody { inner, remaining: limit, limit, deadline, timer: None, conn, progress }
     }
 }
 
@@ -64,14 +95,14 @@ impl Body for LimitedBody {
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
+        let mut this = self.project();
         let fail = |e: BodyError, conn: &Option<Arc<ConnState>>| {
             if let Some(c) = conn {
                 c.set_linger();
             }
             Poll::Ready(Some(Err(e)))
         };
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -80,10 +111,16 @@ impl Body for LimitedBody {
                     }
                     *this.remaining -= n;
                 }
+                if this.inner.is_end_stream() {
+                    this.progress.mark();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.progress.mark();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let deadline = *this.deadline;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

@@ -157,6 +157,12 @@ pin_project_lite::pin_project! {
         epoch: u64,
         mode: Mode,
         request_id: fn() -> String,
+        // hyper holds bytes the socket has not taken yet: our own answer must not jump ahead
+        unflushed: bool,
+        // when the current run of refused writes began (a client not reading)
+        blocked_since: Option<Instant>,
+        // made on the first refused write only
+        send_timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -187,6 +193,9 @@ impl<T> GuardedIo<T> {
             epoch: 0,
             mode: Mode::Open,
             request_id,
+            unflushed: false,
+            blocked_since: None,
+            send_timer: None,
         }
     }
 }
@@ -272,7 +281,9 @@ impl<T: AsyncRead + AsyncWrite> GuardedIo<T> {
             return false;
         };
         let line = String::from_utf8_lossy(buf.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
-        let title = line.get(13..).filter(|t| !t.is_empty()).unwrap_or("Bad Request").to_string();
+        let title: String =
+            line.get(13..).unwrap_or("").chars().filter(|c| c.is_ascii_alphanumeric() || *c == ' ').collect();
+        let title = if title.is_empty() { "Bad Request".to_string() } else { title };
         self.reply(status, &title, "the request is malformed and cannot be processed");
         true
     }
@@ -281,7 +292,46 @@ impl<T: AsyncRead + AsyncWrite> GuardedIo<T> {
         let this = self.project();
         let id = (this.request_id)();
         tracing::debug!(status, request_id = %id, "Refused request head");
-        *this.mode = Mode::Reply(problem_bytes(status, title, detail, &id));
+        if *this.unflushed {
+            // Part of an earlier response is still in hyper's buffer: writing ours now would
+            // splice it into that one. Close instead (rare: pipelining under backpressure).
+            *this.mode = Mode::Shutdown;
+            return;
+        }
+        *this.mode = Mode::Reply(problem_bytes(status, title, detail.replace(['\r', '\n'], " ").as_str(), &id));
+    }
+
+    /// After a write, track whether hyper still holds bytes, and whether a client that
+    /// stopped reading has exceeded `idle_timeout`.
+    fn after_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let this = self.as_mut().project();
+        match r {
+            Poll::Ready(Ok(n)) => {
+                *this.unflushed = n < len;
+                *this.blocked_since = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                *this.unflushed = true;
+                let since = *this.blocked_since.get_or_insert_with(Instant::now);
+                let deadline = since + this.limits.idle_timeout;
+                let timer = this.send_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    tracing::debug!("Client stopped reading the response; closing");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -293,7 +343,9 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
                 return Poll::Ready(Ok(()));
             }
             let this = self.as_mut().project();
-            if !this.state.between_requests() {
+            // In a message, or closing after this one (what is left is the unread part of a
+            // request body, never a next head): bytes pass untouched.
+            if !this.state.between_requests() || this.state.linger.load(Ordering::Relaxed) {
                 return read_through(this.inner, this.prefix, cx, buf);
             }
             let finished = this.state.finished();
@@ -372,7 +424,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
         if !matches!(self.mode, Mode::Open) || self.as_mut().intercept(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
-        self.project().inner.poll_write(cx, buf)
+        let r = self.as_mut().project().inner.poll_write(cx, buf);
+        self.after_write(cx, r, buf.len())
     }
 
     fn poll_write_vectored(
@@ -395,7 +448,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
                 return Poll::Ready(Ok(total));
             }
         }
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let r = self.as_mut().project().inner.poll_write_vectored(cx, bufs);
+        self.after_write(cx, r, total)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -406,7 +460,12 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<T> {
         if !matches!(self.mode, Mode::Open) {
             return Poll::Ready(Ok(()));
         }
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let r = this.inner.poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            *this.unflushed = false;
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -8,6 +8,6 @@ pub(crate) mod head;
 pub mod headers;
 mod limiter;
 
-pub use body::{BodyError, LimitedBody};
+pub use body::{BodyError, BodyProgress, LimitedBody};
 pub(crate) use head::{ConnState, GuardedIo, HeadLimits};
 pub(crate) use limiter::{ConnLimiter, ConnPermit};

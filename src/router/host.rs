@@ -21,12 +21,47 @@ pub fn request_authority(req: &http::request::Parts) -> Result<Option<HeaderValu
         return Err(HostError("more than one Host header"));
     }
     if let Some(a) = req.uri.authority() {
+        if !valid_authority(a.as_str().as_bytes()) {
+            return Err(HostError("invalid authority in the request target"));
+        }
         return HeaderValue::from_str(a.as_str()).map(Some).map_err(|_| HostError("invalid authority"));
     }
-    if host.is_none() && req.version == Version::HTTP_11 {
-        return Err(HostError("missing Host header"));
+    match host {
+        None if req.version == Version::HTTP_11 => Err(HostError("missing Host header")),
+        Some(h) if !valid_authority(h.as_bytes()) => Err(HostError("invalid Host header")),
+        h => Ok(h.cloned()),
     }
-    Ok(host.cloned())
+}
+
+/// `host[:port]` as RFC 9110 §7.2 allows it, and nothing else: a DNS name or IPv4 address
+/// (letters, digits, `-`, `.`, `_`) or a bracketed IPv6 address, then at most one `:port`
+/// of 1-5 digits. Userinfo (`user@`), paths, spaces and the like are refused, so the host
+/// the gateway routes on is the host every backend parser reads.
+fn valid_authority(a: &[u8]) -> bool {
+    if a.is_empty() || a.len() > 262 {
+        return false;
+    }
+    let (host, port) = if a[0] == b'[' {
+        let Some(end) = a.iter().position(|b| *b == b']') else { return false };
+        let inner = &a[1..end];
+        if inner.is_empty() || !inner.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
+            return false;
+        }
+        match &a[end + 1..] {
+            [] => (&a[..0], None),
+            [b':', rest @ ..] => (&a[..0], Some(rest)),
+            _ => return false,
+        }
+    } else {
+        match a.iter().position(|b| *b == b':') {
+            Some(i) => (&a[..i], Some(&a[i + 1..])),
+            None => (a, None),
+        }
+    };
+    let host_ok = a[0] == b'['
+        || (!host.is_empty() && host.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+    let port_ok = port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok
 }
 
 /// The host to route on: lower-case, without port or one trailing dot.
@@ -66,6 +101,33 @@ mod tests {
         assert_eq!(request_authority(&parts("http://real/x", &["fake"])), Ok(Some(HeaderValue::from_static("real"))));
         assert!(request_authority(&parts("/", &["a", "b"])).is_err());
         assert!(request_authority(&parts("/", &[])).is_err());
+    }
+
+    #[test]
+    fn authorities() {
+        for ok in ["a.example", "a.example:8080", "127.0.0.1:80", "[::1]", "[::1]:443", "under_score.example"] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a.example:80@b.example",
+            "user@a",
+            "a b",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a:80:81",
+            "[::1",
+            "[::1]x",
+            "a:",
+            ":80",
+            "a:123456",
+            "a:8o",
+            "%61",
+            "a\\b",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

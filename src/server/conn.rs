@@ -25,6 +25,8 @@ use crate::protect::headers::client_ip_value;
 use crate::protect::{ConnPermit, ConnState, GuardedIo, HeadLimits};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Longest wait for an HTTP/2 connection to close after GOAWAY.
+const H2_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Concurrent streams per HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 128;
 
@@ -72,8 +74,14 @@ pub(crate) async fn serve(
     if is_h2 {
         // The same counters as HTTP/1, here counting open streams for the idle timeout.
         let state = Arc::new(ConnState::default());
-        let ctx =
-            Arc::new(ConnCtx { gw, peer, client_ip: client_ip_value(peer.ip()), limits, state: Some(state.clone()) });
+        let ctx = Arc::new(ConnCtx {
+            gw,
+            peer,
+            client_ip: client_ip_value(peer.ip()),
+            limits,
+            state: Some(state.clone()),
+            http1: false,
+        });
         let io = TokioIo::new(Rewind { prefix, inner: stream });
         let svc = service_fn(move |req| handle(ctx.clone(), req));
         let mut b = http2::Builder::new(TokioExecutor::new());
@@ -87,21 +95,28 @@ pub(crate) async fn serve(
         // Idle: no stream open and none started or finished over a whole idle_timeout
         // (so a connection closes between 1x and 2x idle_timeout after its last stream).
         let mut seen = state.counters();
-        loop {
+        let idle = loop {
             tokio::select! {
                 _ = conn.as_mut() => return,
-                _ = cancel.cancelled() => break,
+                _ = cancel.cancelled() => break false,
                 _ = tokio::time::sleep(limits.idle_timeout) => {
                     let now = state.counters();
                     if now.0 == now.1 && now == seen {
-                        break;
+                        break true;
                     }
                     seen = now;
                 }
             }
-        }
+        };
         conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        if idle {
+            // Nothing is in flight; hyper's graceful close still waits for the client's PING
+            // ack, and a client that never answers must not hold the connection.
+            let _ = tokio::time::timeout(H2_CLOSE_WAIT, conn).await;
+        } else {
+            // Shutdown: in-flight streams finish within the process's grace period.
+            let _ = conn.await;
+        }
     } else {
         let state = Arc::new(ConnState::default());
         let head = HeadLimits {
@@ -110,7 +125,14 @@ pub(crate) async fn serve(
             max_header_bytes: limits.max_header_bytes,
         };
         let io = TokioIo::new(GuardedIo::new(stream, prefix, state.clone(), head, accepted, new_request_id_string));
-        let ctx = Arc::new(ConnCtx { gw, peer, client_ip: client_ip_value(peer.ip()), limits, state: Some(state) });
+        let ctx = Arc::new(ConnCtx {
+            gw,
+            peer,
+            client_ip: client_ip_value(peer.ip()),
+            limits,
+            state: Some(state),
+            http1: true,
+        });
         let svc = service_fn(move |req| handle(ctx.clone(), req));
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())

@@ -131,10 +131,9 @@ async fn bind(l: &ListenerConfig) -> Result<TcpListener, GatewayStartError> {
 impl Gateway {
     /// Start serving `config`. `path`, if given, is where [`Gateway::reload`] reads from.
     pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Gateway, GatewayStartError> {
-        let text_hash = match &path {
-            Some(p) => std::fs::read_to_string(p).map(|s| hash_text(&s)).unwrap_or(0),
-            None => 0,
-        };
+        // Unknown: the caller parsed the file, maybe before a later edit. The first reload
+        // therefore always applies what is on disk.
+        let text_hash = 0;
         let clients = PoolCache::default();
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -187,12 +186,13 @@ impl Gateway {
     pub async fn reload(&self) -> Result<Reloaded, GatewayStartError> {
         let path = self.inner.path.clone().ok_or(GatewayStartError::NoFile)?;
         let mut last_hash = self.inner.reload_lock.lock().await;
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        // One read: what is hashed is what is parsed.
+        let text = config::read(&path)?;
         let h = hash_text(&text);
         if h == *last_hash {
             return Ok(Reloaded::Unchanged(self.inner.snapshot.load().version));
         }
-        let config = config::load(&path)?;
+        let config = config::parse(&path.display().to_string(), &text)?;
         let v = self.apply_locked(config).await?;
         *last_hash = h;
         Ok(Reloaded::Applied(v))
@@ -242,9 +242,11 @@ impl Gateway {
         {
             let mut listeners = self.inner.listeners.lock();
             for (i, new_name) in renames {
-                let mut n = listeners[i].name.lock();
-                tracing::info!(listener = %new_name, was = %*n, addr = %listeners[i].local, "Listener renamed");
-                *n = Arc::from(new_name.as_str());
+                if let Some(r) = listeners.get(i) {
+                    let mut n = r.name.lock();
+                    tracing::info!(listener = %new_name, was = %*n, addr = %r.local, "Listener renamed");
+                    *n = Arc::from(new_name.as_str());
+                }
             }
             let mut idx = 0;
             listeners.retain(|r| {
@@ -282,6 +284,9 @@ impl Gateway {
 
 async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpListener, cancel: CancellationToken) {
     let limiter = Arc::new(ConnLimiter::default());
+    // Kept for the instant of a reload that renames this listener (the new name is set just
+    // after the new snapshot is stored).
+    let mut last_limits = None;
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -298,9 +303,11 @@ async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpLis
         };
         let name = name.lock().clone();
         let snap = inner.snapshot.load();
-        let Some(limits) = snap.config.listeners.iter().find(|l| *l.name == *name).map(|l| l.limits) else {
+        let Some(limits) = snap.config.listeners.iter().find(|l| *l.name == *name).map(|l| l.limits).or(last_limits)
+        else {
             continue;
         };
+        last_limits = Some(limits);
         let permit = match limiter.acquire(peer.ip(), limits.max_connections, limits.max_connections_per_ip) {
             Ok(p) => p,
             Err(why) => {

@@ -16,12 +16,12 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{Inner, Snapshot};
-use crate::body::GwBody;
+use crate::body::{Done, GwBody};
 use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
 use crate::observe::new_request_id;
 use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
-use crate::protect::{ConnState, LimitedBody};
+use crate::protect::{BodyProgress, ConnState, LimitedBody};
 use crate::router::path::normalise;
 use crate::router::{RequestView, request_authority, route_host};
 use crate::upstream::proxy_body;
@@ -34,21 +34,23 @@ pub(crate) struct ConnCtx {
     /// `X-Forwarded-For` for this client, made once.
     pub(crate) client_ip: HeaderValue,
     pub(crate) limits: ListenerLimits,
-    /// HTTP/1 only: the head guard's counters.
+    /// Request/response counters: the HTTP/1 head guard's, or HTTP/2's open streams.
     pub(crate) state: Option<Arc<ConnState>>,
+    /// HTTP/1 (one exchange at a time) rather than HTTP/2.
+    pub(crate) http1: bool,
 }
 
 /// hyper's entry point for one request.
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<GwBody>, Infallible> {
-    if let Some(s) = &ctx.state {
-        s.request_started();
-    }
+    // Counted as finished when the response body is done, or here if the request is dropped.
+    let done = ctx.state.as_ref().map(Done::start);
+    let progress = (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::default()));
     let snap = ctx.gw.snapshot.load_full();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut res = match proxy(&ctx, &snap, req, &request_id).await {
+    let mut res = match proxy(&ctx, &snap, req, &request_id, progress.as_ref()).await {
         Ok(r) => r,
         Err(e) => {
             let (status, _, _) = e.describe();
@@ -57,18 +59,38 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
             } else {
                 tracing::debug!(error = %e, request_id = ?request_id, client = %ctx.peer, config_version = snap.version, status = status.as_u16(), "Request refused");
             }
-            if status == http::StatusCode::PAYLOAD_TOO_LARGE
-                && let Some(s) = &ctx.state
-            {
-                s.set_linger();
-            }
             rescue(&e, &request_id)
         }
     };
-    if let Some(s) = &ctx.state {
-        res.body_mut().track(s.clone());
+    if ctx.http1
+        && let Some(s) = &ctx.state
+    {
+        // A request body not read to its end (refused early, or answered by the upstream
+        // before it was all sent) leaves bytes that must never be parsed as a next request:
+        // close after this response, draining a little so the client sees the answer.
+        let unread = progress.as_ref().is_some_and(|p| p.done_at().is_none());
+        if unread || res.headers().get(header::CONNECTION).is_some_and(|v| v == "close") {
+            s.set_linger();
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    if let Some(d) = done {
+        res.body_mut().track(d);
     }
     Ok(res)
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 upstream must get one
+/// (RFC 9113 §8.2.3).
+fn join_cookies(h: &mut http::HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        h.insert(header::COOKIE, v);
+    }
 }
 
 fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
@@ -92,6 +114,7 @@ async fn proxy(
     snap: &Snapshot,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    progress: Option<&Arc<BodyProgress>>,
 ) -> Result<Response<GwBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
 
@@ -129,19 +152,19 @@ async fn proxy(
     // headers for the upstream
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    if let Some(h) = &original_host
-        && parts.uri.authority().is_some()
-    {
+    // The upstream sees the host we routed on, whatever `Connection` named or the request
+    // target said.
+    if let Some(h) = &original_host {
         parts.headers.insert(header::HOST, h.clone());
+    }
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
     }
     set_forwarding(&mut parts.headers, &ctx.client_ip, "http", original_host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 
-    let body = if body.is_end_stream() {
-        None
-    } else {
-        Some(LimitedBody::new(body, limit, Instant::now() + ctx.limits.body_timeout, ctx.state.clone()))
-    };
+    let body = progress
+        .map(|p| LimitedBody::new(body, limit, Instant::now() + ctx.limits.body_timeout, ctx.state.clone(), p.clone()));
     if let Some(b) = &body
         && b.size_hint().exact().is_none()
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE)
@@ -151,11 +174,11 @@ async fn proxy(
         parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     let upstream_req = Request::from_parts(parts, proxy_body(body));
-    let (res, loan) = upstream.forward(upstream_req, path_and_query).await?;
+    let (res, loan) = upstream.forward(upstream_req, path_and_query, progress.map(|p| &**p)).await?;
 
     let (mut rp, rb) = res.into_parts();
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, request_id.clone());
     rp.version = Version::HTTP_11;
-    Ok(Response::from_parts(rp, GwBody::upstream(rb, loan, upstream.response_timeout())))
+    Ok(Response::from_parts(rp, GwBody::upstream(rb, loan, upstream.idle_timeout())))
 }

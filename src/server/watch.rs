@@ -41,8 +41,14 @@ pub async fn watch_config(gw: Gateway, mut hup: Option<tokio::signal::unix::Sign
         path.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     let file_name = path.file_name().map(|f| f.to_os_string());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Changes only (our own reads of the file raise Access events), to the file or to a
+        // `..`-prefixed entry (the symlink swap Kubernetes uses for mounted ConfigMaps).
         if let Ok(ev) = ev
-            && ev.paths.iter().any(|p| p.file_name().map(|f| f.to_os_string()) == file_name)
+            && !matches!(ev.kind, notify::EventKind::Access(_))
+            && ev.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|f| Some(f.to_os_string()) == file_name || f.to_string_lossy().starts_with(".."))
+            })
         {
             let _ = tx.try_send(());
         }

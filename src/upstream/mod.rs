@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
-use crate::protect::LimitedBody;
+use crate::protect::{BodyProgress, LimitedBody};
+use tokio::time::Instant;
 
 mod body;
 mod pool;
@@ -61,6 +62,7 @@ pub struct Upstream {
     targets: Vec<Target>,
     next: AtomicUsize,
     response_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Upstream {
@@ -75,6 +77,7 @@ impl Upstream {
                 .collect(),
             next: AtomicUsize::new(0),
             response_timeout: cfg.response_timeout,
+            idle_timeout: cfg.idle_timeout,
         }
     }
 
@@ -83,10 +86,9 @@ impl Upstream {
         &self.name
     }
 
-    /// `timeouts.response`: the wait for the response head, and the longest pause allowed
-    /// between chunks of the response body.
-    pub fn response_timeout(&self) -> Duration {
-        self.response_timeout
+    /// `timeouts.idle`: the longest pause allowed between chunks of the response body.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// Round robin over the targets.
@@ -100,10 +102,13 @@ impl Upstream {
 
     /// Send `req` (headers already cleaned, `Host` set) to a target. `path` is the
     /// normalised path with the query. The [`Loan`] must travel with the response body.
+    /// `body`, for a request with a body, tells when it has been sent: the response timeout
+    /// runs from then, so a long upload is bounded by the listener's `body_timeout` only.
     pub async fn forward(
         &self,
         mut req: Request<ProxyBody>,
         path: PathAndQuery,
+        body: Option<&BodyProgress>,
     ) -> Result<(Response<Incoming>, Option<Loan>), GatewayError> {
         let target = self.pick().ok_or_else(|| GatewayError::NoTarget { upstream: self.name.clone() })?;
         // HTTP/1.1 upstream requests use origin-form; Host carries the authority.
@@ -130,9 +135,24 @@ impl Upstream {
                 }
             }
         };
-        let (res, tx) = tokio::time::timeout(self.response_timeout, exchange)
-            .await
-            .map_err(|_| GatewayError::UpstreamTimeout { upstream: self.name.clone() })??;
+        let limit = self.response_timeout;
+        let expired = async {
+            let mut deadline = Instant::now() + limit;
+            loop {
+                tokio::time::sleep_until(deadline).await;
+                match body.map(BodyProgress::done_at) {
+                    None => return,
+                    Some(Some(sent)) if sent + limit <= Instant::now() => return,
+                    Some(Some(sent)) => deadline = sent + limit,
+                    Some(None) => deadline = Instant::now() + limit,
+                }
+            }
+        };
+        let (res, tx) = tokio::select! {
+            biased;
+            r = exchange => r?,
+            () = expired => return Err(GatewayError::UpstreamTimeout { upstream: self.name.clone() }),
+        };
         let loan = Loan::new(tx, target.pool.clone());
         if http_body::Body::is_end_stream(res.body()) {
             loan.give_back();

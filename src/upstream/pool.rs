@@ -61,11 +61,11 @@ impl Pool {
     /// A connection ready for one request; the flag says whether it was reused.
     pub(crate) async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
         loop {
-            let Some((mut tx, since)) = self.idle.lock().pop() else { break };
-            if tx.is_closed() || since.elapsed() > MAX_IDLE_AGE {
-                continue;
-            }
-            if tx.is_ready() || tx.ready().await.is_ok() {
+            let Some((tx, since)) = self.idle.lock().pop() else { break };
+            // Not ready means the previous exchange is still going (the upstream answered
+            // before the request body was all sent): never wait behind another client's
+            // upload; drop our handle and let that exchange finish on its own.
+            if tx.is_ready() && since.elapsed() <= MAX_IDLE_AGE {
                 return Ok((tx, true));
             }
         }
