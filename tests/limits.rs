@@ -301,3 +301,47 @@ async fn an_upstream_empty_error_answer_is_passed_through_untouched() {
     assert!(resp.contains("x-upstream: a"), "{resp}");
     assert!(!resp.contains("problem+json"), "{resp}");
 }
+
+#[tokio::test]
+async fn an_early_answer_during_an_upload_closes_cleanly() {
+    // The upstream answers before reading the body. The rest of the upload must never be
+    // parsed as a next request head (no injected 431/414/408): one answer, then close.
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&simple_config(&[up.addr], "max_header_bytes: 2KiB, max_body_bytes: 1MiB", "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(b"POST /status/403 HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n").await.expect("head");
+    s.write_all(&[b'x'; 20000]).await.expect("part 1");
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut first)).await.expect("answer").expect("read");
+    let first = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 403"), "{first}");
+    assert!(first.to_ascii_lowercase().contains("connection: close"), "{first}");
+    let _ = s.write_all(&[b'x'; 40000]).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("HTTP/1.1"), "a second answer was injected: {rest}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&simple_config(&[up.addr], "idle_timeout: 300ms", "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(b"GET /big/64 HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    // read nothing for a while: the gateway's writes stall and it gives up after idle_timeout
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "connection still open");
+    assert!(total < 64 * 1024 * 1024, "the whole body arrived ({total} bytes): the stall was not cut");
+}

@@ -42,6 +42,7 @@ pub struct Seen {
 /// * `/collect…`: reads the whole body, then answers with its length;
 /// * `/stall/{ms}…`: sends `partial `, pauses, then `rest`;
 /// * `/status/{code}`: an empty answer with that status;
+/// * `/big/{mib}`: that many MiB of zeros;
 /// * `/slow/{ms}…`: waits, then answers;
 /// * anything else: `200 <name>`.
 #[derive(Clone)]
@@ -129,6 +130,16 @@ impl TestUpstream {
                 }
             });
             return Ok(Response::new(http_body_util::StreamBody::new(stream).boxed()));
+        }
+        if let Some(mib) = path.strip_prefix("/big/").and_then(|m| m.parse::<usize>().ok()) {
+            // `mib` MiB of zeros, in 64 KiB frames
+            let frames = futures_util::stream::iter((0..mib * 16).map(|_| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(Bytes::from(vec![
+                    0u8;
+                    64 * 1024
+                ])))
+            }));
+            return Ok(Response::new(http_body_util::StreamBody::new(frames).boxed()));
         }
         if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
             // an empty answer with that status
