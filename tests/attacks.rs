@@ -177,23 +177,6 @@ async fn read_responses(s: &mut TcpStream, want: usize, heads: &[bool], limit: D
     }
 }
 
-/// Read whatever comes until the peer closes (true) or `limit` elapses (false).
-async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 16384];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (out, closed)
-}
-
 async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
 }

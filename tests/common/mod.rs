@@ -272,14 +272,12 @@ pub fn problem(status: u16, headers: &HeaderMap, body: &str) -> serde_json::Valu
     v
 }
 
-/// Raw TCP: send bytes, read everything until the server closes (or `limit` elapses).
-pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (String, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
+/// Read whatever comes until the peer closes (true) or `limit` elapses (false).
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     let closed = tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 8192];
+        let mut buf = [0u8; 16384];
         loop {
             match s.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -289,5 +287,14 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (S
     })
     .await
     .is_ok();
+    (out, closed)
+}
+
+/// Raw TCP: send bytes, read everything until the server closes (or `limit` elapses).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let (out, closed) = read_to_close(&mut s, limit).await;
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
