@@ -28,12 +28,13 @@ enum Kind {
 }
 
 /// Cuts off an upstream body that stops arriving: no frame for `limit` is an error. The
-/// timer is made on the first wait only and re-armed lazily, so a body that flows costs a
-/// clock read per frame and no timer operations.
+/// timer is made on the first wait only and re-armed lazily, so a body that flows costs no
+/// timer operations and no clock reads.
 #[derive(Debug)]
 struct Stall {
     limit: Duration,
-    last: Instant,
+    /// When the current wait began (`None` while frames flow, so no clock read per frame).
+    waiting_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -78,7 +79,7 @@ impl GwBody {
     /// The upstream's body, streamed; `loan` returns its connection to the pool at the end;
     /// a pause longer than `stall` between frames aborts it.
     pub fn upstream(b: Incoming, loan: Option<Loan>, stall: Duration) -> Self {
-        let stall = Stall { limit: stall, last: Instant::now(), timer: None };
+        let stall = Stall { limit: stall, waiting_since: None, timer: None };
         GwBody { kind: Kind::Upstream(b, loan, stall), done: None }
     }
 
@@ -97,9 +98,9 @@ impl Body for GwBody {
             Kind::Upstream(inc, loan, stall) => {
                 let r = Pin::new(&mut *inc).poll_frame(cx).map_err(Into::into);
                 match &r {
-                    Poll::Ready(Some(Ok(_))) => stall.last = Instant::now(),
+                    Poll::Ready(Some(Ok(_))) => stall.waiting_since = None,
                     Poll::Pending => loop {
-                        let deadline = stall.last + stall.limit;
+                        let deadline = *stall.waiting_since.get_or_insert_with(Instant::now) + stall.limit;
                         let timer = stall.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                         if timer.deadline() != deadline {
                             timer.as_mut().reset(deadline);
