@@ -239,3 +239,23 @@ async fn a_stalled_upstream_body_is_cut_off() {
         .expect("cut off in time");
     assert!(got.is_err(), "the stalled body should end in an error, not complete");
 }
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_is_bounded_by_body_timeout() {
+    // A black hole: accepts connections, never reads, never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = hole.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let yaml = simple_config(&[addr], "body_timeout: 1s, max_body_bytes: 64MiB", "").replace("response: 2s", "response: 1s");
+    let gw = TestGateway::start(&yaml).await;
+    let data = Bytes::from(vec![7u8; 32 * 1024 * 1024]);
+    let req = Request::post(gw.url("/upload")).body(full(data)).expect("req");
+    let res = tokio::time::timeout(std::time::Duration::from_secs(15), client().request(req)).await;
+    let res = res.expect("the gateway answered in time").expect("response");
+    assert_eq!(res.status(), 504);
+}

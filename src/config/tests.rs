@@ -17,7 +17,7 @@ listeners:
 upstreams:
   - name: orders
     targets: [{ url: "http://127.0.0.1:9001" }, { url: "http://localhost:9002/" }]
-    timeouts: { connect: 250ms, response: 5s }
+    timeouts: { connect: 250ms, response: 5s, idle: 90s }
 routes:
   - name: orders-v1
     match: { host: api.example.com, path: "/v1/orders/{id}", methods: [GET, POST], headers: { x-env: prod } }
@@ -40,6 +40,8 @@ fn good_config_decodes_exactly() {
     assert_eq!(c.listeners[0].limits.idle_timeout, std::time::Duration::from_secs(60));
     assert_eq!(c.upstreams[0].targets[1].authority.as_str(), "localhost:9002");
     assert_eq!(c.upstreams[0].connect_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(c.upstreams[0].response_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(c.upstreams[0].idle_timeout, std::time::Duration::from_secs(90));
     assert_eq!(c.routes[0].methods, vec![http::Method::GET, http::Method::POST, http::Method::HEAD]);
     assert_eq!(c.routes[0].upstream, 0);
     assert_eq!(c.routes[1].path, pattern::PathPattern::Prefix("/status".into()));

@@ -34,13 +34,24 @@ pub enum BodyError {
 /// its way upstream and the pipeline, which closes an HTTP/1 connection whose request body
 /// was not fully read (its remaining bytes must never be taken for a next request), and
 /// which starts the upstream's response timeout only once the body is out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BodyProgress {
     // Locked once when the body ends and once or twice by the pipeline.
     done_at: parking_lot::Mutex<Option<Instant>>,
+    deadline: Instant,
 }
 
 impl BodyProgress {
+    /// A body that must have arrived by `deadline` (the listener's `body_timeout`).
+    pub fn new(deadline: Instant) -> Self {
+        BodyProgress { done_at: parking_lot::Mutex::new(None), deadline }
+    }
+
+    /// When the whole body must have arrived.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// When the body ended, if it has.
     pub fn done_at(&self) -> Option<Instant> {
         *self.done_at.lock()

@@ -60,7 +60,11 @@ fn valid_authority(a: &[u8]) -> bool {
     };
     let host_ok = a[0] == b'['
         || (!host.is_empty() && host.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
-    let port_ok = port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p).ok().and_then(|p| p.parse::<u16>().ok()).is_some()
+    });
     host_ok && port_ok
 }
 
@@ -122,6 +126,8 @@ mod tests {
             "a:",
             ":80",
             "a:123456",
+            "a:65536",
+            "a:99999",
             "a:8o",
             "%61",
             "a\\b",

@@ -44,7 +44,8 @@ pub(crate) struct ConnCtx {
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<GwBody>, Infallible> {
     // Counted as finished when the response body is done, or here if the request is dropped.
     let done = ctx.state.as_ref().map(Done::start);
-    let progress = (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::default()));
+    let progress =
+        (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::new(Instant::now() + ctx.limits.body_timeout)));
     let snap = ctx.gw.snapshot.load_full();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if acceptable_request_id(v) => v.clone(),
@@ -163,8 +164,7 @@ async fn proxy(
     set_forwarding(&mut parts.headers, &ctx.client_ip, "http", original_host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
 
-    let body = progress
-        .map(|p| LimitedBody::new(body, limit, Instant::now() + ctx.limits.body_timeout, ctx.state.clone(), p.clone()));
+    let body = progress.map(|p| LimitedBody::new(body, limit, p.deadline(), ctx.state.clone(), p.clone()));
     if let Some(b) = &body
         && b.size_hint().exact().is_none()
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE)

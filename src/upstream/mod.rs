@@ -144,7 +144,13 @@ impl Upstream {
                     None => return,
                     Some(Some(sent)) if sent + limit <= Instant::now() => return,
                     Some(Some(sent)) => deadline = sent + limit,
-                    Some(None) => deadline = Instant::now() + limit,
+                    // Still uploading. An upstream that stopped reading stalls the upload
+                    // without the body ever being polled again, so the body's own deadline
+                    // is enforced here too.
+                    Some(None) if Instant::now() >= body.map_or(deadline, BodyProgress::deadline) => return,
+                    Some(None) => {
+                        deadline = (Instant::now() + limit).min(body.map_or(deadline, BodyProgress::deadline))
+                    }
                 }
             }
         };
