@@ -4,7 +4,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that only describe one hop, never forwarded.
+/// Headers that only describe one hop, never forwarded. The order is the bit order used by
+/// [`strip_hop_by_hop`].
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
@@ -42,9 +43,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // remove only those: hashing every candidate name cost more than the rest of this path.
     let mut present = 0u16;
     for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
-            present |= 1 << i;
-        }
+        // A string match (length first) is cheaper than nine HeaderName comparisons.
+        let bit = match k.as_str() {
+            "connection" => 0,
+            "te" => 1,
+            "trailer" => 2,
+            "transfer-encoding" => 3,
+            "upgrade" => 4,
+            "proxy-authenticate" => 5,
+            "proxy-authorization" => 6,
+            "keep-alive" => 7,
+            "proxy-connection" => 8,
+            _ => continue,
+        };
+        present |= 1 << bit;
     }
     if present == 0 {
         return;
@@ -122,6 +134,18 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_alone() {
+        for name in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} survived");
+            assert!(h.contains_key("x-kept"));
+        }
     }
 
     #[test]
