@@ -251,7 +251,8 @@ async fn an_upstream_that_stops_reading_an_upload_is_bounded_by_body_timeout() {
             held.push(s);
         }
     });
-    let yaml = simple_config(&[addr], "body_timeout: 1s, max_body_bytes: 64MiB", "").replace("response: 2s", "response: 1s");
+    let yaml =
+        simple_config(&[addr], "body_timeout: 1s, max_body_bytes: 64MiB", "").replace("response: 2s", "response: 1s");
     let gw = TestGateway::start(&yaml).await;
     let data = Bytes::from(vec![7u8; 32 * 1024 * 1024]);
     let req = Request::post(gw.url("/upload")).body(full(data)).expect("req");

@@ -96,7 +96,12 @@ pub fn set_forwarding(
     let forged = headers.keys().any(|k| {
         matches!(
             k.as_str(),
-            "forwarded" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-forwarded-port" | "x-real-ip"
+            "forwarded"
+                | "x-forwarded-for"
+                | "x-forwarded-host"
+                | "x-forwarded-proto"
+                | "x-forwarded-port"
+                | "x-real-ip"
         )
     });
     if forged {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use http::{HeaderMap, Method};
 
 use crate::config::RouteConfig;
-use crate::config::pattern::{HostPattern, PathPattern};
+use crate::config::pattern::{HostPattern, PathPattern, Segment};
 
 /// The parts of a request that routing looks at. `host` is lower-case without port;
 /// `path` is normalised.
@@ -26,8 +26,30 @@ pub struct RequestView<'a> {
 #[derive(Debug, Default)]
 struct Bucket {
     exact: HashMap<String, Vec<u32>>,
-    /// Template and prefix routes, in precedence order.
-    others: Vec<u32>,
+    /// Template and prefix routes whose first segment is a literal, by that segment, each
+    /// list in precedence order: a request only looks at the routes of its own first segment.
+    by_first: HashMap<String, Vec<u32>>,
+    /// Template and prefix routes that can match any first segment (`prefix: /`,
+    /// `/{tenant}/...`), in precedence order.
+    any_first: Vec<u32>,
+}
+
+/// The literal first segment of a template or prefix, if it has one.
+fn first_literal(p: &PathPattern) -> Option<&str> {
+    match p {
+        PathPattern::Exact(_) => None,
+        PathPattern::Prefix(p) => p.strip_prefix('/').map(|rest| rest.split('/').next().unwrap_or(rest)),
+        PathPattern::Template(segs) => match segs.first() {
+            Some(Segment::Literal(l)) => Some(l.as_str()),
+            _ => None,
+        },
+    }
+}
+
+/// The first segment of a (normalised) request path.
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 /// A compiled, immutable route table.
@@ -62,9 +84,10 @@ impl Table {
                 if !scope(r) {
                     continue;
                 }
-                match &r.path {
-                    PathPattern::Exact(p) => b.exact.entry(p.clone()).or_default().push(i),
-                    _ => b.others.push(i),
+                match (&r.path, first_literal(&r.path)) {
+                    (PathPattern::Exact(p), _) => b.exact.entry(p.clone()).or_default().push(i),
+                    (_, Some(first)) => b.by_first.entry(first.to_string()).or_default().push(i),
+                    (_, None) => b.any_first.push(i),
                 }
             }
             b
@@ -139,7 +162,17 @@ impl Table {
             .exact
             .get(req.path)
             .and_then(|c| c.iter().copied().find(|&i| Self::rest_matches(&self.routes[i as usize], req)));
-        for &i in &b.others {
+        // Merge the two precedence-ordered candidate lists.
+        let own: &[u32] = b.by_first.get(first_segment(req.path)).map_or(&[], Vec::as_slice);
+        let (mut a, mut z) = (own.iter().peekable(), b.any_first.iter().peekable());
+        loop {
+            let i = match (a.peek(), z.peek()) {
+                (Some(&&x), Some(&&y)) if self.rank[x as usize] < self.rank[y as usize] => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => z.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => None,
+            };
+            let Some(&i) = i else { break };
             if let Some(e) = exact
                 && self.rank[i as usize] > self.rank[e as usize]
             {
@@ -281,6 +314,56 @@ mod tests {
         ];
         for (host, m, p, h, want) in cases {
             assert_eq!(find(&t, *host, m, p, h).as_deref(), Some(*want), "{host:?} {m} {p} {h:?}");
+        }
+    }
+
+    /// The indexed lookup must agree with the plain definition: the first route in
+    /// precedence order whose host, path, methods and headers all match.
+    #[test]
+    fn index_agrees_with_a_linear_scan() {
+        let hosts = [None, Some("api.example.com"), Some("*.example.com"), Some("*.eu.example.com")];
+        let paths = [
+            "/",
+            "prefix:/",
+            "prefix:/a",
+            "prefix:/a/b",
+            "/a",
+            "/a/b",
+            "/a/{x}",
+            "/{t}/b",
+            "/{t}/{u}",
+            "prefix:/b",
+            "/b/{x}/c",
+        ];
+        let methods: [&[&str]; 2] = [&[], &["GET"]];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..40 {
+            let mut routes = Vec::new();
+            for i in 0..12 {
+                let host = hosts[rng.usize(..hosts.len())];
+                let path = paths[rng.usize(..paths.len())];
+                let m = methods[rng.usize(..methods.len())];
+                routes.push(route(&format!("r{round}-{i}"), host, path, m, &[]));
+            }
+            let t = Table::new(&routes);
+            for host in
+                [None, Some("api.example.com"), Some("x.example.com"), Some("y.eu.example.com"), Some("other.org")]
+            {
+                for path in ["/", "/a", "/a/", "/a/b", "/a/c", "/a/b/c", "/b", "/b/q/c", "/c", "/c/b", "/z/b"] {
+                    for method in ["GET", "POST"] {
+                        let m = Method::from_bytes(method.as_bytes()).expect("m");
+                        let h = HeaderMap::new();
+                        let req = RequestView { host, path, method: &m, headers: &h };
+                        let linear = t.order.iter().map(|&i| i as usize).find(|&i| {
+                            let r = &t.routes[i];
+                            r.host.as_ref().is_none_or(|p| host.is_some_and(|x| p.matches(x)))
+                                && r.path.matches(path)
+                                && Table::rest_matches(r, &req)
+                        });
+                        assert_eq!(t.find(&req), linear, "round {round}: {host:?} {method} {path}");
+                    }
+                }
+            }
         }
     }
 
