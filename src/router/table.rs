@@ -1,7 +1,12 @@
 //! The compiled route table.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// FNV hashing for the lookup maps: keys are short and come from the config (requests only
+/// look up, never insert, so hostile input cannot grow a chain), and SipHash cost more than
+/// the rest of a lookup.
+type HashMap<K, V> = StdHashMap<K, V, fnv::FnvBuildHasher>;
 
 use http::{HeaderMap, Method};
 
@@ -32,6 +37,9 @@ struct Bucket {
     /// Template and prefix routes that can match any first segment (`prefix: /`,
     /// `/{tenant}/...`), in precedence order.
     any_first: Vec<u32>,
+    /// The best (lowest) rank among the template and prefix routes: an exact match ranked
+    /// above it needs no further look.
+    best_other: u32,
 }
 
 /// The literal first segment of a template or prefix, if it has one.
@@ -76,9 +84,14 @@ impl Table {
     pub fn new(routes: &[RouteConfig]) -> Table {
         let mut order: Vec<u32> = (0..routes.len() as u32).collect();
         order.sort_by_key(|&i| precedence(&routes[i as usize])); // stable: file order breaks ties
+        let mut rank = vec![0u32; routes.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            rank[i as usize] = pos as u32;
+        }
+        let rank_of = &rank;
 
         let build = |scope: &dyn Fn(&RouteConfig) -> bool| {
-            let mut b = Bucket::default();
+            let mut b = Bucket { best_other: u32::MAX, ..Bucket::default() };
             for &i in &order {
                 let r = &routes[i as usize];
                 if !scope(r) {
@@ -89,11 +102,14 @@ impl Table {
                     (_, Some(first)) => b.by_first.entry(first.to_string()).or_default().push(i),
                     (_, None) => b.any_first.push(i),
                 }
+                if !matches!(r.path, PathPattern::Exact(_)) && b.best_other == u32::MAX {
+                    b.best_other = rank_of[i as usize]; // `order` is walked best first
+                }
             }
             b
         };
 
-        let mut exact_hosts = HashMap::new();
+        let mut exact_hosts = HashMap::default();
         let mut suffixes: Vec<String> = Vec::new();
         for r in routes {
             match &r.host {
@@ -121,10 +137,6 @@ impl Table {
             })
             .collect();
         let any_host = build(&|x: &RouteConfig| x.host.is_none());
-        let mut rank = vec![0u32; routes.len()];
-        for (pos, &i) in order.iter().enumerate() {
-            rank[i as usize] = pos as u32;
-        }
         Table { routes: routes.to_vec(), order, rank, exact_hosts, suffix_hosts, any_host }
     }
 
@@ -162,6 +174,11 @@ impl Table {
             .exact
             .get(req.path)
             .and_then(|c| c.iter().copied().find(|&i| Self::rest_matches(&self.routes[i as usize], req)));
+        if let Some(e) = exact
+            && self.rank[e as usize] < b.best_other
+        {
+            return Some(e as usize);
+        }
         // Merge the two precedence-ordered candidate lists.
         let own: &[u32] = b.by_first.get(first_segment(req.path)).map_or(&[], Vec::as_slice);
         let (mut a, mut z) = (own.iter().peekable(), b.any_first.iter().peekable());
