@@ -93,6 +93,8 @@ fn print_instructions(gw: &crate::server::Gateway) {
         return;
     };
     let base = format!("http://{addr}");
+    // However the demo was started (cargo run, an installed binary), show a command that works.
+    let exe = std::env::args().next().unwrap_or_else(|| "portcullis".into());
     eprintln!(
         "\nPortcullis demo is running. Try, in another terminal:\n\n  \
          curl -s {base}/catalogue/items                 # round robin over two backends: run it twice\n  \
@@ -100,7 +102,7 @@ fn print_instructions(gw: &crate::server::Gateway) {
          curl -s -X DELETE {base}/orders/42             # 404 problem+json: the route allows GET only\n  \
          curl -s --path-as-is '{base}/catalogue/../orders/7'   # path normalised before routing\n  \
          curl -s -H 'Connection: x-secret' -H 'x-secret: 1' {base}/catalogue/h   # hop-by-hop header stripped\n  \
-         portcullis explain -c examples/quickstart.yaml DELETE {base}/orders/42\n\n\
+         {exe} explain -c examples/quickstart.yaml DELETE {base}/orders/42\n\n\
          Edit examples/quickstart.yaml and save: the gateway reloads it. Ctrl-C stops.\n"
     );
 }
