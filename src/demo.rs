@@ -30,7 +30,7 @@ pub fn run(path: Option<PathBuf>) -> ExitCode {
     let path = path.or_else(|| Some(PathBuf::from(QUICKSTART_PATH)).filter(|p| p.exists()));
     let (cfg, path) = match path {
         Some(p) => match super::cli::load_or_report(&p) {
-            Some(c) => (c, Some(p)),
+            Some((c, hash)) => (c, Some((p, hash))),
             None => return ExitCode::from(1),
         },
         None => match config::parse("(built-in quickstart.yaml)", QUICKSTART) {

@@ -213,3 +213,19 @@ async fn renaming_a_listener_keeps_its_socket_and_connections() {
     assert_eq!(gw.local_addr("edge"), Some(addr));
     assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn reloading_the_file_it_started_from_is_no_new_version() {
+    let a = TestUpstream::start("a").await;
+    let dir = scratch_dir();
+    let path = dir.join("gw.yaml");
+    let text = simple_config(&[a.addr], "", "");
+    std::fs::write(&path, &text).expect("write");
+    let cfg = portcullis::config::parse("gw.yaml", &text).expect("config");
+    let gw = portcullis::server::Gateway::start_from(cfg, Some(path.clone()), portcullis::server::source_hash(&text))
+        .await
+        .expect("start");
+    assert_eq!(gw.reload().await.expect("reload"), Reloaded::Unchanged(1));
+    std::fs::write(&path, text.replace("shutdown_grace: 5s", "shutdown_grace: 6s")).expect("write");
+    assert_eq!(gw.reload().await.expect("reload"), Reloaded::Applied(2));
+}

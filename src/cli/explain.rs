@@ -9,7 +9,7 @@ use crate::router::path::normalise;
 use crate::router::{HostError, RequestView, Table, request_authority, route_host};
 
 pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) -> ExitCode {
-    let Some(cfg) = super::load_or_report(config) else {
+    let Some((cfg, _)) = super::load_or_report(config) else {
         return ExitCode::from(1);
     };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {

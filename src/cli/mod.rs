@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::observe;
-use crate::server::{Gateway, watch_config};
+use crate::server::{Gateway, source_hash, watch_config};
 
 mod explain;
 
@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
         Cmd::Run { config } => {
             observe::init_logging();
             match load_or_report(&config) {
-                Some(cfg) => run(cfg, Some(config), None),
+                Some((cfg, hash)) => run(cfg, Some((config, hash)), None),
                 None => ExitCode::from(1),
             }
         }
@@ -100,8 +100,11 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
-pub(crate) fn load_or_report(path: &Path) -> Option<Config> {
-    match config::load(path) {
+/// Read and validate a config file, printing every error; with the text's fingerprint.
+pub(crate) fn load_or_report(path: &Path) -> Option<(Config, u64)> {
+    let loaded = config::read(path)
+        .and_then(|text| config::parse(&path.display().to_string(), &text).map(|c| (c, source_hash(&text))));
+    match loaded {
         Ok(c) => Some(c),
         Err(errs) => {
             for e in &errs.0 {
@@ -114,7 +117,8 @@ pub(crate) fn load_or_report(path: &Path) -> Option<Config> {
 
 /// Build the runtime the config asks for and serve until SIGTERM or SIGINT.
 /// `on_ready` runs once the listeners are bound.
-pub(crate) fn run(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) -> ExitCode {
+/// `source` is the config file and the fingerprint of the text `cfg` was parsed from.
+pub(crate) fn run(cfg: Config, source: Option<(PathBuf, u64)>, on_ready: Option<OnReady>) -> ExitCode {
     let workers = cfg.node.workers.map(|w| w.get());
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -132,10 +136,10 @@ pub(crate) fn run(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>)
             return ExitCode::from(1);
         }
     };
-    rt.block_on(serve(cfg, path, on_ready))
+    rt.block_on(serve(cfg, source, on_ready))
 }
 
-async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) -> ExitCode {
+async fn serve(cfg: Config, source: Option<(PathBuf, u64)>, on_ready: Option<OnReady>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers first: a signal that arrives while we bind must not kill the process.
     let (mut term, mut int, hup) =
@@ -147,7 +151,11 @@ async fn serve(cfg: Config, path: Option<PathBuf>, on_ready: Option<OnReady>) ->
             }
         };
     let node = cfg.node.name.clone();
-    let gw = match Gateway::start(cfg, path).await {
+    let (path, hash) = match source {
+        Some((p, h)) => (Some(p), h),
+        None => (None, 0),
+    };
+    let gw = match Gateway::start_from(cfg, path, hash).await {
         Ok(gw) => gw,
         Err(e) => {
             tracing::error!(error = %e, "Cannot start");

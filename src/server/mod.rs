@@ -108,6 +108,11 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
+/// Fingerprint of config text, to tell an unchanged file from a changed one on reload.
+pub fn source_hash(s: &str) -> u64 {
+    hash_text(s)
+}
+
 fn hash_text(s: &str) -> u64 {
     let mut h = DefaultHasher::new();
     s.hash(&mut h);
@@ -131,9 +136,17 @@ async fn bind(l: &ListenerConfig) -> Result<TcpListener, GatewayStartError> {
 impl Gateway {
     /// Start serving `config`. `path`, if given, is where [`Gateway::reload`] reads from.
     pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Gateway, GatewayStartError> {
-        // Unknown: the caller parsed the file, maybe before a later edit. The first reload
-        // therefore always applies what is on disk.
-        let text_hash = 0;
+        // Unknown text: the first reload applies whatever is on disk.
+        Self::start_from(config, path, 0).await
+    }
+
+    /// [`Gateway::start`] for a config parsed from text with this [`source_hash`], so that a
+    /// reload of the same unchanged file is recognised as such.
+    pub async fn start_from(
+        config: Config,
+        path: Option<PathBuf>,
+        text_hash: u64,
+    ) -> Result<Gateway, GatewayStartError> {
         let clients = PoolCache::default();
         let mut bound = Vec::new();
         for l in &config.listeners {
