@@ -140,3 +140,29 @@ routes:
         assert!(e.iter().any(|x| x.contains(w)), "missing {w} in {e:#?}");
     }
 }
+
+/// Random damage to a valid file (deleted, duplicated and swapped bytes) must give errors,
+/// never a panic or a hang.
+#[test]
+fn damaged_files_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(9);
+    let good = GOOD.as_bytes();
+    for _ in 0..3_000 {
+        let mut b = good.to_vec();
+        for _ in 0..rng.usize(1..6) {
+            let i = rng.usize(..b.len());
+            match rng.u8(..3) {
+                0 => {
+                    b.remove(i);
+                }
+                1 => b.insert(i, b"{}[]:,-&*!|>'\"#%@ \n\t"[rng.usize(..20)]),
+                _ => {
+                    let j = rng.usize(..b.len());
+                    b.swap(i, j);
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&b);
+        let _ = parse("fuzz.yaml", &text);
+    }
+}

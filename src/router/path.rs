@@ -228,6 +228,59 @@ mod tests {
         assert!(matches!(normalise("/a/.b"), Ok(Cow::Owned(_))));
     }
 
+    /// Random paths built from the troublesome pieces: whatever comes out must be normal,
+    /// stable, and unable to climb (no dot-segments, no `//`, no raw backslash).
+    #[test]
+    fn random_paths_come_out_normal() {
+        const PIECES: &[&str] = &[
+            "/",
+            "//",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%2F",
+            "%5c",
+            "%25",
+            "a",
+            "b",
+            "~",
+            "%7e",
+            ";",
+            "..;",
+            "%00",
+            "%c0%ae",
+            "%ef%bc%8e",
+            "%e2%88%95",
+            "%",
+            "%4",
+            "\\",
+            " ",
+            "?",
+            "@",
+            ":",
+            "-",
+            "_",
+            "%41",
+        ];
+        let mut rng = fastrand::Rng::with_seed(42);
+        for _ in 0..20_000 {
+            let mut p = String::from("/");
+            for _ in 0..rng.usize(0..10) {
+                p.push_str(PIECES[rng.usize(..PIECES.len())]);
+            }
+            let Ok(out) = normalise(&p) else { continue };
+            assert!(out.starts_with('/'), "{p:?} -> {out:?}");
+            assert!(!out.contains("//"), "{p:?} -> {out:?}");
+            assert!(!out.contains('\\'), "{p:?} -> {out:?}");
+            for seg in out.split('/') {
+                assert!(seg != "." && seg != "..", "{p:?} -> {out:?}");
+            }
+            assert_eq!(normalise(&out).as_deref(), Ok(&*out), "not stable: {p:?}");
+        }
+    }
+
     #[test]
     fn idempotent() {
         for p in ["/a/../b/./c//d/", "/%2e/%7E/%2f", "/x/%2E%2E/y%2F"] {
