@@ -35,6 +35,13 @@ fn assert_problem(resp: &str, status: u16) {
     assert!(v["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{resp}");
 }
 
+/// Send raw bytes; the gateway must answer `status` as problem+json and close.
+async fn expect_refusal(addr: std::net::SocketAddr, bytes: &[u8], status: u16) {
+    let (resp, closed) = raw_exchange(addr, bytes, Duration::from_secs(10)).await;
+    assert!(closed, "connection left open: {resp}");
+    assert_problem(&resp, status);
+}
+
 #[tokio::test]
 async fn slow_head_is_408_and_closed() {
     // slowloris: a head that never ends
@@ -70,9 +77,7 @@ async fn idle_keepalive_connection_is_closed() {
 async fn oversized_head_is_431() {
     let (up, gw) = setup().await;
     let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(4096));
-    let (resp, closed) = raw_exchange(gw.addr(), big.as_bytes(), Duration::from_secs(10)).await;
-    assert!(closed);
-    assert_problem(&resp, 431);
+    expect_refusal(gw.addr(), big.as_bytes(), 431).await;
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
@@ -84,27 +89,21 @@ async fn too_many_header_lines_is_431() {
         req.push_str(&format!("a{i}: b\r\n"));
     }
     req.push_str("\r\n");
-    let (resp, closed) = raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await;
-    assert!(closed);
-    assert_problem(&resp, 431);
+    expect_refusal(gw.addr(), req.as_bytes(), 431).await;
 }
 
 #[tokio::test]
 async fn long_request_line_is_414() {
     let (_up, gw) = setup().await;
     let req = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(4096));
-    let (resp, closed) = raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await;
-    assert!(closed);
-    assert_problem(&resp, 414);
+    expect_refusal(gw.addr(), req.as_bytes(), 414).await;
 }
 
 #[tokio::test]
 async fn declared_body_over_limit_is_413_before_the_upstream() {
     let (up, gw) = setup().await;
     let req = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}", "b".repeat(5000));
-    let (resp, closed) = raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await;
-    assert!(closed);
-    assert_problem(&resp, 413);
+    expect_refusal(gw.addr(), req.as_bytes(), 413).await;
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
@@ -116,9 +115,7 @@ async fn chunked_body_over_limit_is_413() {
         req.push_str(&format!("200\r\n{}\r\n", "c".repeat(512)));
     }
     req.push_str("0\r\n\r\n");
-    let (resp, closed) = raw_exchange(gw.addr(), req.as_bytes(), Duration::from_secs(10)).await;
-    assert!(closed);
-    assert_problem(&resp, 413);
+    expect_refusal(gw.addr(), req.as_bytes(), 413).await;
 }
 
 #[tokio::test]

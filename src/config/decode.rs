@@ -125,6 +125,26 @@ fn name(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<String> {
     Some(s.to_string())
 }
 
+/// The required `name` of a list item, checked for form and for uniqueness in its list.
+fn unique_name(
+    d: &mut Decoder<'_>,
+    f: &mut Fields<'_>,
+    item: &Node,
+    item_path: &str,
+    seen: &mut HashMap<String, ()>,
+    kind: &str,
+) -> Option<String> {
+    let Some((n, p)) = f.get("name") else {
+        d.err(item.pos, &join(item_path, "name"), "missing field `name`");
+        return None;
+    };
+    let v = name(d, n, &p)?;
+    if seen.insert(v.clone(), ()).is_some() {
+        d.err(n.pos, &p, format!("duplicate {kind} name `{v}`"));
+    }
+    Some(v)
+}
+
 fn boolean(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<bool> {
     match scalar(d, node, path)? {
         "true" => Some(true),
@@ -289,21 +309,7 @@ fn decode_listeners(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<Listene
         let Some(mut f) = Fields::new(d, item, &ip) else {
             continue;
         };
-        let lname = match f.get("name") {
-            Some((n, p)) => {
-                let v = name(d, n, &p);
-                if let Some(v) = &v
-                    && names.insert(v.clone(), ()).is_some()
-                {
-                    d.err(n.pos, &p, format!("duplicate listener name `{v}`"));
-                }
-                v
-            }
-            None => {
-                d.err(item.pos, &join(&ip, "name"), "missing field `name`");
-                None
-            }
-        };
+        let lname = unique_name(d, &mut f, item, &ip, &mut names, "listener");
         let bind = match f.get("bind") {
             Some((n, p)) => scalar(d, n, &p).and_then(|s| match s.parse::<SocketAddr>() {
                 Ok(a) => {
@@ -388,21 +394,7 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
         let Some(mut f) = Fields::new(d, item, &ip) else {
             continue;
         };
-        let uname = match f.get("name") {
-            Some((n, p)) => {
-                let v = name(d, n, &p);
-                if let Some(v) = &v
-                    && names.insert(v.clone(), ()).is_some()
-                {
-                    d.err(n.pos, &p, format!("duplicate upstream name `{v}`"));
-                }
-                v
-            }
-            None => {
-                d.err(item.pos, &join(&ip, "name"), "missing field `name`");
-                None
-            }
-        };
+        let uname = unique_name(d, &mut f, item, &ip, &mut names, "upstream");
         let mut balance = Some(Balance::RoundRobin);
         if let Some((n, p)) = f.get("balance") {
             balance = match scalar(d, n, &p) {
@@ -550,21 +542,7 @@ fn decode_routes(
         let Some(mut f) = Fields::new(d, item, &ip) else {
             continue;
         };
-        let rname = match f.get("name") {
-            Some((n, p)) => {
-                let v = name(d, n, &p);
-                if let Some(v) = &v
-                    && names.insert(v.clone(), ()).is_some()
-                {
-                    d.err(n.pos, &p, format!("duplicate route name `{v}`"));
-                }
-                v
-            }
-            None => {
-                d.err(item.pos, &join(&ip, "name"), "missing field `name`");
-                None
-            }
-        };
+        let rname = unique_name(d, &mut f, item, &ip, &mut names, "route");
         let matched = match f.get("match") {
             Some((n, p)) => decode_match(d, n, &p),
             None => {
