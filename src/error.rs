@@ -34,6 +34,12 @@ pub enum GatewayError {
         /// Upstream name.
         upstream: String,
     },
+    /// The upstream's circuit breaker is open: too many requests in flight and waiting.
+    #[error("upstream `{upstream}` is overloaded")]
+    Overloaded {
+        /// Upstream name.
+        upstream: String,
+    },
     /// Could not connect to the chosen target.
     #[error("connecting to upstream `{upstream}` failed")]
     UpstreamConnect {
@@ -106,9 +112,16 @@ impl GatewayError {
                 "Content Too Large",
                 format!("the request body is larger than {limit} bytes"),
             ),
-            GatewayError::NoTarget { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "no upstream target is available".into())
-            }
+            GatewayError::NoTarget { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "no healthy upstream target is available".into(),
+            ),
+            GatewayError::Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "the upstream service is overloaded; try again later".into(),
+            ),
             GatewayError::UpstreamConnect { .. } => {
                 (StatusCode::BAD_GATEWAY, "Bad Gateway", "the upstream service could not be reached".into())
             }

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
+pub mod net;
 pub mod observe;
 pub mod protect;
 pub mod router;

@@ -256,13 +256,34 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         Some((n, p)) => decode_routes(d, n, &p, &upstreams),
         None => Vec::new(),
     };
-    f.unsupported(d, "admin", "the admin API");
+    let admin = f.get("admin").and_then(|(n, p)| decode_admin(d, n, &p));
     f.unsupported(d, "auth", "authentication (`auth`)");
     f.unsupported(d, "protection", "`protection` (bans, IP rules)");
     f.unsupported(d, "observability", "`observability` (access log, tracing)");
     f.unsupported(d, "cluster", "`cluster`");
     f.finish(d);
-    Some(Config { node: node?, listeners, upstreams: upstreams.into_iter().map(|(u, _)| u).collect(), routes })
+    if let Some(a) = &admin
+        && listeners.iter().any(|l| l.bind == a.bind && a.bind.port() != 0)
+    {
+        d.err(root.pos, "admin.bind", format!("address {} is bound by a listener", a.bind));
+    }
+    Some(Config { node: node?, listeners, upstreams: upstreams.into_iter().map(|(u, _)| u).collect(), routes, admin })
+}
+
+fn decode_admin(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AdminConfig> {
+    let mut f = Fields::new(d, node, path)?;
+    let mut bind = SocketAddr::from(([127, 0, 0, 1], 9901));
+    if let Some((n, p)) = f.get("bind")
+        && let Some(s) = scalar(d, n, &p)
+    {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => bind = a,
+            Err(_) => d.err(n.pos, &p, format!("invalid bind address `{s}`: expected IP:PORT like 127.0.0.1:9901")),
+        }
+    }
+    f.unsupported(d, "public_metrics", "`public_metrics` (metrics)");
+    f.finish(d);
+    Some(AdminConfig { bind })
 }
 
 fn default_node() -> NodeConfig {
@@ -386,6 +407,23 @@ fn decode_limits(d: &mut Decoder<'_>, node: &Node, path: &str) -> ListenerLimits
     l
 }
 
+fn percent(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<u8> {
+    let s = scalar(d, node, path)?;
+    match s.strip_suffix('%').and_then(|n| n.trim().parse::<u8>().ok()).filter(|v| *v <= 100) {
+        Some(v) => Some(v),
+        None => {
+            d.err(node.pos, path, format!("expected a percentage from 0% to 100%, found `{s}`"));
+            None
+        }
+    }
+}
+
+/// A duration that may be zero (`0s` turns the feature off).
+fn duration_or_zero(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Duration> {
+    let s = scalar(d, node, path)?;
+    parse_duration(s).map_err(|e| d.err(node.pos, path, e)).ok()
+}
+
 fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(UpstreamConfig, Pos)> {
     let mut out = Vec::new();
     let mut names: HashMap<String, ()> = HashMap::new();
@@ -395,41 +433,42 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
             continue;
         };
         let uname = unique_name(d, &mut f, item, &ip, &mut names, "upstream");
-        let mut balance = Some(Balance::RoundRobin);
+        let hash_on = f.get("hash_on").and_then(|(n, p)| decode_hash_on(d, n, &p));
+        let mut balance = Balance::RoundRobin;
+        let mut balance_pos = None;
         if let Some((n, p)) = f.get("balance") {
-            balance = match scalar(d, n, &p) {
-                Some("round_robin") => Some(Balance::RoundRobin),
-                Some(b @ ("weighted" | "least_request" | "consistent_hash" | "random")) => {
-                    d.err(
+            balance_pos = Some((n.pos, p.clone()));
+            match scalar(d, n, &p) {
+                Some("round_robin") => balance = Balance::RoundRobin,
+                Some("weighted") => balance = Balance::Weighted,
+                Some("least_request") => balance = Balance::LeastRequest,
+                Some("random") => balance = Balance::Random,
+                Some("consistent_hash") => match &hash_on {
+                    Some(h) => balance = Balance::ConsistentHash(h.clone()),
+                    None => d.err(
                         n.pos,
                         &p,
-                        format!("balance `{b}` is not supported yet in this version of Portcullis (round_robin is)"),
-                    );
-                    None
-                }
-                Some(other) => {
-                    d.err(n.pos, &p, format!("unknown balance `{other}`; expected round_robin"));
-                    None
-                }
-                None => None,
-            };
-        }
-        let mut targets = Vec::new();
-        match f.get("targets") {
-            Some((n, p)) => {
-                let items = seq(d, n, &p);
-                if items.is_empty() && matches!(n.kind, Kind::Seq(_)) {
-                    d.err(n.pos, &p, "at least one target is required");
-                }
-                for (j, t) in items.iter().enumerate() {
-                    let tp = format!("{p}[{j}]");
-                    if let Some(t) = decode_target(d, t, &tp) {
-                        targets.push(t);
-                    }
-                }
+                        "consistent_hash needs `hash_on` (header:NAME, cookie:NAME or ip) on the upstream",
+                    ),
+                },
+                Some(other) => d.err(
+                    n.pos,
+                    &p,
+                    format!(
+                        "unknown balance `{other}`; expected round_robin, weighted, least_request, consistent_hash or random"
+                    ),
+                ),
+                None => {}
             }
-            None => d.err(item.pos, &join(&ip, "targets"), "missing field `targets`"),
         }
+        let hash_balance = matches!(balance, Balance::ConsistentHash(_))
+            || f.entries.iter().any(|(k, v)| key_str(k) == "balance" && key_str(v) == "consistent_hash");
+        if hash_on.is_some() && !hash_balance {
+            let (pos, p) = balance_pos.unwrap_or((item.pos, join(&ip, "balance")));
+            d.err(pos, &p, "`hash_on` is set, so `balance` must be `consistent_hash`");
+        }
+        let targets = decode_targets(d, &mut f, item, &ip, "targets", true);
+        let backup = decode_targets(d, &mut f, item, &ip, "backup", false);
         let (mut connect, mut response, mut idle) =
             (Duration::from_secs(2), Duration::from_secs(30), Duration::from_secs(300));
         if let Some((n, p)) = f.get("timeouts")
@@ -452,25 +491,52 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
             }
             tf.finish(d);
         }
-        f.unsupported(d, "hash_on", "`hash_on` (consistent hashing)");
-        f.unsupported(d, "backup", "`backup` targets");
-        f.unsupported(d, "health", "health checking (`health`)");
-        f.unsupported(d, "retries", "`retries`");
-        f.unsupported(d, "limits", "upstream `limits` (circuit breaking)");
+        let health = match f.get("health") {
+            Some((n, p)) => decode_health(d, n, &p),
+            None => HealthConfig {
+                active: None,
+                passive: PassiveHealth::default(),
+                panic_threshold: 0,
+                slow_start: Duration::ZERO,
+            },
+        };
+        let retries = match f.get("retries") {
+            Some((n, p)) => decode_retries(d, n, &p),
+            None => RetryConfig::default(),
+        };
+        let mut limits = UpstreamLimits::default();
+        if let Some((n, p)) = f.get("limits")
+            && let Some(mut lf) = Fields::new(d, n, &p)
+        {
+            if let Some((n, p)) = lf.get("max_connections")
+                && let Some(v) = integer(d, n, &p, 1, 1_000_000)
+            {
+                limits.max_connections = v as u32;
+            }
+            if let Some((n, p)) = lf.get("max_pending")
+                && let Some(v) = integer(d, n, &p, 0, 1_000_000)
+            {
+                limits.max_pending = v as u32;
+            }
+            lf.finish(d);
+        }
         f.unsupported(d, "tls", "TLS to upstreams (`tls`)");
         f.finish(d);
         // An upstream with a bad field is still recorded by name, so routes naming it do not
         // get a second, misleading error; the config is refused either way.
         if let Some(name) = uname {
-            let balance = balance.unwrap_or(Balance::RoundRobin);
             out.push((
                 UpstreamConfig {
                     name,
                     balance,
                     targets,
+                    backup,
+                    health,
+                    retries,
                     connect_timeout: connect,
                     response_timeout: response,
                     idle_timeout: idle,
+                    limits,
                 },
                 item.pos,
             ));
@@ -479,13 +545,267 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
     out
 }
 
+fn decode_hash_on(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<HashOn> {
+    let s = scalar(d, node, path)?;
+    let bad = |d: &mut Decoder<'_>| {
+        d.err(node.pos, path, format!("invalid hash_on `{s}`: expected header:NAME, cookie:NAME or ip"));
+        None
+    };
+    if s == "ip" {
+        return Some(HashOn::Ip);
+    }
+    if let Some(h) = s.strip_prefix("header:") {
+        return match HeaderName::from_bytes(h.trim().as_bytes()) {
+            Ok(n) => Some(HashOn::Header(n)),
+            Err(_) => bad(d),
+        };
+    }
+    if let Some(c) = s.strip_prefix("cookie:") {
+        let c = c.trim();
+        let token = !c.is_empty() && c.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        return if token { Some(HashOn::Cookie(c.to_string())) } else { bad(d) };
+    }
+    bad(d)
+}
+
+/// `targets` (required, at least one) or `backup` (optional) of an upstream.
+fn decode_targets(
+    d: &mut Decoder<'_>,
+    f: &mut Fields<'_>,
+    item: &Node,
+    ip: &str,
+    key: &'static str,
+    required: bool,
+) -> Vec<TargetConfig> {
+    let mut out: Vec<TargetConfig> = Vec::new();
+    match f.get(key) {
+        Some((n, p)) => {
+            let items = seq(d, n, &p);
+            if items.is_empty() && required && matches!(n.kind, Kind::Seq(_)) {
+                d.err(n.pos, &p, "at least one target is required");
+            }
+            if items.len() > 1024 {
+                d.err(n.pos, &p, "at most 1024 targets");
+            }
+            for (j, t) in items.iter().enumerate() {
+                let tp = format!("{p}[{j}]");
+                if let Some(t) = decode_target(d, t, &tp) {
+                    out.push(t);
+                }
+            }
+        }
+        None if required => d.err(item.pos, &join(ip, key), format!("missing field `{key}`")),
+        None => {}
+    }
+    out
+}
+
+fn decode_health(d: &mut Decoder<'_>, node: &Node, path: &str) -> HealthConfig {
+    let mut h = HealthConfig {
+        active: None,
+        passive: PassiveHealth::default(),
+        panic_threshold: 0,
+        slow_start: Duration::ZERO,
+    };
+    let Some(mut f) = Fields::new(d, node, path) else {
+        return h;
+    };
+    if let Some((n, p)) = f.get("active") {
+        h.active = decode_active(d, n, &p);
+    }
+    if let Some((n, p)) = f.get("passive")
+        && let Some(mut pf) = Fields::new(d, n, &p)
+    {
+        if let Some((n, p)) = pf.get("consecutive_failures")
+            && let Some(v) = integer(d, n, &p, 0, 10_000)
+        {
+            h.passive.consecutive_failures = v as u32;
+        }
+        if let Some((n, p)) = pf.get("eject_for")
+            && let Some(v) = duration(d, n, &p)
+        {
+            h.passive.eject_for = v;
+        }
+        let mut max_pos = None;
+        if let Some((n, p)) = pf.get("max_eject_for")
+            && let Some(v) = duration(d, n, &p)
+        {
+            h.passive.max_eject_for = v;
+            max_pos = Some((n.pos, p));
+        }
+        if h.passive.max_eject_for < h.passive.eject_for {
+            match max_pos {
+                Some((pos, p)) => d.err(pos, &p, "must not be shorter than `eject_for`"),
+                None => h.passive.max_eject_for = h.passive.eject_for,
+            }
+        }
+        if let Some((n, p)) = pf.get("max_ejected")
+            && let Some(v) = percent(d, n, &p)
+        {
+            h.passive.max_ejected = v;
+        }
+        pf.finish(d);
+    }
+    if let Some((n, p)) = f.get("panic_threshold")
+        && let Some(v) = percent(d, n, &p)
+    {
+        h.panic_threshold = v;
+    }
+    if let Some((n, p)) = f.get("slow_start")
+        && let Some(v) = duration_or_zero(d, n, &p)
+    {
+        h.slow_start = v;
+    }
+    f.finish(d);
+    h
+}
+
+fn decode_active(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<ActiveHealth> {
+    let mut f = Fields::new(d, node, path)?;
+    let probe_path = match f.get("path") {
+        Some((n, p)) => scalar(d, n, &p).and_then(|s| {
+            let ok = s.starts_with('/') && s.len() <= 1024 && s.bytes().all(|b| b.is_ascii_graphic());
+            match http::uri::PathAndQuery::try_from(s) {
+                Ok(pq) if ok => Some(pq),
+                _ => {
+                    d.err(n.pos, &p, format!("invalid probe path `{s}`: expected an absolute path like /healthz"));
+                    None
+                }
+            }
+        }),
+        None => {
+            d.err(node.pos, &join(path, "path"), "missing field `path`");
+            None
+        }
+    };
+    let host = f.get("host").and_then(|(n, p)| {
+        let s = scalar(d, n, &p)?;
+        match HeaderValue::from_str(s) {
+            Ok(v) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)) => Some(v),
+            _ => {
+                d.err(n.pos, &p, format!("invalid host `{s}`"));
+                None
+            }
+        }
+    });
+    let mut a = ActiveHealth {
+        path: probe_path.clone().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        host,
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(1),
+        healthy_after: 2,
+        unhealthy_after: 3,
+        statuses: vec![(200, 399)],
+    };
+    if let Some((n, p)) = f.get("interval")
+        && let Some(v) = duration(d, n, &p)
+    {
+        if v < Duration::from_millis(50) {
+            d.err(n.pos, &p, "must be at least 50ms");
+        }
+        a.interval = v;
+    }
+    if let Some((n, p)) = f.get("timeout")
+        && let Some(v) = duration(d, n, &p)
+    {
+        a.timeout = v;
+    }
+    if let Some((n, p)) = f.get("healthy_after")
+        && let Some(v) = integer(d, n, &p, 1, 1000)
+    {
+        a.healthy_after = v as u32;
+    }
+    if let Some((n, p)) = f.get("unhealthy_after")
+        && let Some(v) = integer(d, n, &p, 1, 1000)
+    {
+        a.unhealthy_after = v as u32;
+    }
+    if let Some((n, p)) = f.get("statuses") {
+        let mut ranges = Vec::new();
+        for (i, item) in seq(d, n, &p).iter().enumerate() {
+            let sp = format!("{p}[{i}]");
+            let Some(s) = scalar(d, item, &sp) else { continue };
+            match status_range(s) {
+                Some(r) => ranges.push(r),
+                None => d.err(
+                    item.pos,
+                    &sp,
+                    format!("invalid status `{s}`: expected a code like 200 or a range like 200-399"),
+                ),
+            }
+        }
+        if !ranges.is_empty() {
+            a.statuses = ranges;
+        }
+    }
+    f.finish(d);
+    probe_path.map(|_| a)
+}
+
+fn status_range(s: &str) -> Option<(u16, u16)> {
+    let code = |x: &str| x.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+    match s.split_once('-') {
+        Some((a, b)) => Some((code(a)?, code(b)?)).filter(|(a, b)| a <= b),
+        None => code(s).map(|c| (c, c)),
+    }
+}
+
+fn decode_retries(d: &mut Decoder<'_>, node: &Node, path: &str) -> RetryConfig {
+    let mut r = RetryConfig::default();
+    let Some(mut f) = Fields::new(d, node, path) else {
+        return r;
+    };
+    if let Some((n, p)) = f.get("attempts")
+        && let Some(v) = integer(d, n, &p, 1, 10)
+    {
+        r.attempts = v as u32;
+    }
+    if let Some((n, p)) = f.get("on") {
+        r.on_connect_failure = false;
+        r.on_reset = false;
+        for (i, item) in seq(d, n, &p).iter().enumerate() {
+            let ip = format!("{p}[{i}]");
+            match scalar(d, item, &ip) {
+                Some("connect_failure") => r.on_connect_failure = true,
+                Some("reset") => r.on_reset = true,
+                Some("timeout") => r.on_timeout = true,
+                Some(s) => match s.parse::<u16>() {
+                    Ok(c) if (400..=599).contains(&c) => {
+                        if !r.on_statuses.contains(&c) {
+                            r.on_statuses.push(c);
+                        }
+                    }
+                    _ => d.err(
+                        item.pos,
+                        &ip,
+                        format!("unknown retry condition `{s}`: expected connect_failure, reset, timeout or a status from 400 to 599"),
+                    ),
+                },
+                None => {}
+            }
+        }
+    }
+    if let Some((n, p)) = f.get("budget")
+        && let Some(v) = percent(d, n, &p)
+    {
+        r.budget = v;
+    }
+    if let Some((n, p)) = f.get("max_body")
+        && let Some(v) = size(d, n, &p, 0, 16 * 1024 * 1024)
+    {
+        r.max_body = v;
+    }
+    f.finish(d);
+    r
+}
+
 fn decode_target(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<TargetConfig> {
     let mut f = Fields::new(d, node, path)?;
-    let target = match f.get("url") {
+    let authority = match f.get("url") {
         Some((n, p)) => {
             let s = scalar(d, n, &p)?;
             match parse_target_url(s) {
-                Ok(a) => Some(TargetConfig { authority: a }),
+                Ok(a) => Some(a),
                 Err(e) => {
                     d.err(n.pos, &p, e);
                     None
@@ -497,9 +817,14 @@ fn decode_target(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<TargetC
             None
         }
     };
-    f.unsupported(d, "weight", "`weight` (weighted balancing)");
+    let mut weight = 1;
+    if let Some((n, p)) = f.get("weight")
+        && let Some(v) = integer(d, n, &p, 1, 1000)
+    {
+        weight = v as u32;
+    }
     f.finish(d);
-    target
+    Some(TargetConfig { authority: authority?, weight })
 }
 
 fn parse_target_url(s: &str) -> Result<http::uri::Authority, String> {
@@ -568,6 +893,10 @@ fn decode_routes(
             None => Some(false),
         };
         let public_pos = item.pos;
+        let retry_non_idempotent = match f.get("retry_non_idempotent") {
+            Some((n, p)) => boolean(d, n, &p).unwrap_or(false),
+            None => false,
+        };
         f.unsupported(d, "auth", "route authentication (`auth`)");
         f.unsupported(d, "allow", "authorisation (`allow`)");
         f.unsupported(d, "rate_limit", "`rate_limit`");
@@ -583,7 +912,16 @@ fn decode_routes(
             );
         }
         if let (Some(name), Some((host, path, methods, headers)), Some(upstream)) = (rname, matched, upstream) {
-            out.push(RouteConfig { name, host, path, methods, headers, upstream, public: public == Some(true) });
+            out.push(RouteConfig {
+                name,
+                host,
+                path,
+                methods,
+                headers,
+                upstream,
+                public: public == Some(true),
+                retry_non_idempotent,
+            });
         }
     }
     out

@@ -19,6 +19,15 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `routes:`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `admin:`; `None` when the file has no admin listener.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `admin:`: the admin API's own listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address and port (`127.0.0.1:9901` if not given).
+    pub bind: SocketAddr,
 }
 
 /// `node:`
@@ -78,10 +87,29 @@ impl Default for ListenerLimits {
 }
 
 /// `upstreams[].balance`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Balance {
-    /// Each target in turn.
+    /// Each healthy target in turn.
     RoundRobin,
+    /// Smooth weighted round robin on `targets[].weight`.
+    Weighted,
+    /// The less busy of two random targets (in-flight requests ÷ weight).
+    LeastRequest,
+    /// A hash ring: the same key goes to the same target while it is healthy.
+    ConsistentHash(HashOn),
+    /// A uniformly random healthy target.
+    Random,
+}
+
+/// `upstreams[].hash_on`: what a consistent hash is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// `header:NAME`.
+    Header(HeaderName),
+    /// `cookie:NAME`.
+    Cookie(String),
+    /// `ip`: the client's address.
+    Ip,
 }
 
 /// `upstreams[]`
@@ -93,6 +121,12 @@ pub struct UpstreamConfig {
     pub balance: Balance,
     /// At least one target.
     pub targets: Vec<TargetConfig>,
+    /// `backup`: used only while no primary target is healthy.
+    pub backup: Vec<TargetConfig>,
+    /// `health`.
+    pub health: HealthConfig,
+    /// `retries`.
+    pub retries: RetryConfig,
     /// `timeouts.connect` (default 2s).
     pub connect_timeout: Duration,
     /// `timeouts.response`: time until the response head arrives, counted from the end of
@@ -100,13 +134,125 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// `timeouts.idle`: longest pause while the response body streams (default 5m).
     pub idle_timeout: Duration,
+    /// `limits`: circuit breaking.
+    pub limits: UpstreamLimits,
 }
 
-/// `upstreams[].targets[]`
+/// `upstreams[].targets[]` and `upstreams[].backup[]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetConfig {
     /// `host:port` of the target (plain HTTP).
     pub authority: http::uri::Authority,
+    /// `weight` (1-1000, default 1): share of traffic relative to the other targets.
+    pub weight: u32,
+}
+
+/// `upstreams[].health`
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// `active`: periodic probes; `None` when not configured.
+    pub active: Option<ActiveHealth>,
+    /// `passive`: outlier detection on live traffic.
+    pub passive: PassiveHealth,
+    /// `panic_threshold` (percent, default 0 = off): below this share of healthy primary
+    /// targets, balance over all primary targets.
+    pub panic_threshold: u8,
+    /// `slow_start` (default 0 = off): a target back in rotation gets a share that grows
+    /// linearly over this long.
+    pub slow_start: Duration,
+}
+
+/// `upstreams[].health.active`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveHealth {
+    /// Path (and query) probed with GET.
+    pub path: http::uri::PathAndQuery,
+    /// `host`: Host header of probes (default: the target's `host:port`).
+    pub host: Option<HeaderValue>,
+    /// Time between probes of one target (±10% jitter).
+    pub interval: Duration,
+    /// Time allowed for a probe (connect and response head).
+    pub timeout: Duration,
+    /// Consecutive passed probes that bring an unhealthy target back.
+    pub healthy_after: u32,
+    /// Consecutive failed probes that take a healthy target out.
+    pub unhealthy_after: u32,
+    /// Accepted statuses, as inclusive ranges (default 200-399).
+    pub statuses: Vec<(u16, u16)>,
+}
+
+/// `upstreams[].health.passive`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Consecutive failures (connect errors, timeouts, resets, 5xx) that eject a target;
+    /// 0 turns passive detection off.
+    pub consecutive_failures: u32,
+    /// First ejection time; each repeat ejection lasts one `eject_for` longer.
+    pub eject_for: Duration,
+    /// Longest ejection.
+    pub max_eject_for: Duration,
+    /// Most of an upstream's targets ejected at once, in percent (default 50).
+    pub max_ejected: u8,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            consecutive_failures: 5,
+            eject_for: Duration::from_secs(30),
+            max_eject_for: Duration::from_secs(300),
+            max_ejected: 50,
+        }
+    }
+}
+
+/// When a failed attempt is tried again on another target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// `attempts`: most tries per request, the first included (1 = no retries; default 2).
+    pub attempts: u32,
+    /// `connect_failure`: the target could not be reached (the request was not sent).
+    pub on_connect_failure: bool,
+    /// `reset`: the connection failed after the request was sent, before a response.
+    pub on_reset: bool,
+    /// `timeout`: no response head within `timeouts.response`.
+    pub on_timeout: bool,
+    /// Response statuses that are retried (the response is discarded).
+    pub on_statuses: Vec<u16>,
+    /// `budget`: retries allowed as a share of requests, in percent (default 20).
+    pub budget: u8,
+    /// `max_body`: largest request body kept for replay (default 64KiB). A bigger body is
+    /// retried only if the request was never sent.
+    pub max_body: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 2,
+            on_connect_failure: true,
+            on_reset: true,
+            on_timeout: false,
+            on_statuses: Vec::new(),
+            budget: 20,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// `upstreams[].limits`: circuit breaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// Requests in flight to the upstream at once (each holds one connection).
+    pub max_connections: u32,
+    /// Requests allowed to wait for one of those; more get 503 at once.
+    pub max_pending: u32,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        UpstreamLimits { max_connections: 1024, max_pending: 256 }
+    }
 }
 
 /// `routes[]`
@@ -126,4 +272,7 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// `public: true`: no authentication required.
     pub public: bool,
+    /// `retry_non_idempotent: true`: failed POST/PATCH (and other non-idempotent) requests
+    /// may be retried like GETs. Off by default.
+    pub retry_non_idempotent: bool,
 }

@@ -288,6 +288,7 @@ mod tests {
                 .collect(),
             upstream: 0,
             public: true,
+            retry_non_idempotent: false,
         }
     }
 

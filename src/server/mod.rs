@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigErrors, ListenerConfig};
+use crate::health::HealthCache;
 use crate::protect::ConnLimiter;
 use crate::router::Table;
 use crate::upstream::{PoolCache, Upstream, Upstreams};
@@ -39,14 +40,26 @@ pub struct Snapshot {
     pub table: Table,
     /// Upstreams, indexed like `config.upstreams`.
     pub upstreams: Upstreams,
+    /// Stops this version's background work (health probes) when it is replaced.
+    stop: CancellationToken,
 }
 
 impl Snapshot {
-    fn build(version: u64, config: Config, clients: &PoolCache) -> Snapshot {
+    fn build(version: u64, config: Config, inner: &Shared) -> Snapshot {
         let table = Table::new(&config.routes);
-        let upstreams = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, clients))).collect();
-        Snapshot { version, config, table, upstreams }
+        let stop = inner.shutdown.child_token();
+        let upstreams =
+            config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, &inner.clients, &inner.health, &stop))).collect();
+        Snapshot { version, config, table, upstreams, stop }
     }
+}
+
+/// What outlives config versions: connection pools, target health, the shutdown signal.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    clients: PoolCache,
+    health: HealthCache,
+    shutdown: CancellationToken,
 }
 
 /// Errors starting or reloading.
@@ -93,12 +106,11 @@ struct Running {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    clients: PoolCache,
+    shared: Shared,
     // Cold path: touched at start, reload and shutdown only.
     listeners: Mutex<Vec<Running>>,
     reload_lock: tokio::sync::Mutex<u64>,
     tracker: TaskTracker,
-    shutdown: CancellationToken,
     path: Option<PathBuf>,
 }
 
@@ -147,19 +159,18 @@ impl Gateway {
         path: Option<PathBuf>,
         text_hash: u64,
     ) -> Result<Gateway, GatewayStartError> {
-        let clients = PoolCache::default();
+        let shared = Shared::default();
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push((l.clone(), bind(l).await?));
         }
-        let snapshot = Snapshot::build(1, config, &clients);
+        let snapshot = Snapshot::build(1, config, &shared);
         let inner = Arc::new(Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
-            clients,
+            shared,
             listeners: Mutex::new(Vec::new()),
             reload_lock: tokio::sync::Mutex::new(text_hash),
             tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
             path,
         });
         let gw = Gateway { inner };
@@ -171,7 +182,7 @@ impl Gateway {
 
     fn spawn_listener(&self, l: &ListenerConfig, sock: TcpListener) {
         let local = sock.local_addr().unwrap_or(l.bind);
-        let cancel = self.inner.shutdown.child_token();
+        let cancel = self.inner.shared.shutdown.child_token();
         tracing::info!(listener = %l.name, addr = %local, "Listening");
         let name = Arc::new(Mutex::new(Arc::<str>::from(l.name.as_str())));
         self.inner.listeners.lock().push(Running { name: name.clone(), bind: l.bind, local, cancel: cancel.clone() });
@@ -249,9 +260,11 @@ impl Gateway {
             tracing::warn!("node.workers changed: it takes effect at the next restart");
         }
         let version = self.inner.snapshot.load().version + 1;
-        let snap = Snapshot::build(version, config, &self.inner.clients);
-        self.inner.clients.retain_used(&snap.upstreams);
-        self.inner.snapshot.store(Arc::new(snap));
+        let snap = Snapshot::build(version, config, &self.inner.shared);
+        self.inner.shared.clients.retain_used(&snap.upstreams);
+        self.inner.shared.health.retain_used(snap.upstreams.iter().map(|u| u.health()));
+        let old = self.inner.snapshot.swap(Arc::new(snap));
+        old.stop.cancel();
         {
             let mut listeners = self.inner.listeners.lock();
             for (i, new_name) in renames {
@@ -282,7 +295,7 @@ impl Gateway {
     /// Stop accepting, let in-flight requests finish for up to `grace`, then return.
     /// Returns true if everything drained in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
-        self.inner.shutdown.cancel();
+        self.inner.shared.shutdown.cancel();
         self.inner.tracker.close();
         let drained = tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok();
         self.inner.listeners.lock().clear();

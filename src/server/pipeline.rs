@@ -24,7 +24,7 @@ use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwardin
 use crate::protect::{BodyProgress, ConnState, LimitedBody};
 use crate::router::path::normalise;
 use crate::router::{RequestView, request_authority, route_host};
-use crate::upstream::proxy_body;
+use crate::upstream::{Call, proxy_body};
 
 /// What the pipeline knows about the connection a request came on.
 #[derive(Debug)]
@@ -174,7 +174,13 @@ async fn proxy(
         parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     let upstream_req = Request::from_parts(parts, proxy_body(body));
-    let (res, loan) = upstream.forward(upstream_req, path_and_query, progress.map(|p| &**p)).await?;
+    let call = Call {
+        path: path_and_query,
+        body: progress.map(|p| &**p),
+        client: ctx.peer.ip(),
+        retry_non_idempotent: route.retry_non_idempotent,
+    };
+    let (res, loan) = upstream.forward(upstream_req, call).await?;
 
     let (mut rp, rb) = res.into_parts();
     strip_hop_by_hop(&mut rp.headers);

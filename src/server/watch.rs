@@ -66,7 +66,7 @@ pub async fn watch_config(gw: Gateway, mut hup: Option<tokio::signal::unix::Sign
             None
         }
     };
-    let shutdown = gw.inner.shutdown.clone();
+    let shutdown = gw.inner.shared.shutdown.clone();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

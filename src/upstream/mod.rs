@@ -1,30 +1,43 @@
-//! Upstreams: target selection and forwarding over pooled HTTP/1.1 connections.
+//! Upstreams: choosing a healthy target and forwarding to it, with retries and circuit
+//! breaking.
 //!
-//! Owns the connection pools (kept across reloads, keyed by target and settings),
-//! balancing (round robin) and the exchange with the upstream, including the one safe
-//! retry: a request that a reused connection could not even send goes out again on a
-//! fresh connection.
+//! Owns the connection pools (kept across reloads, keyed by target and settings), the
+//! balancers ([`balance`]), the retry rules and budget ([`retry`]), the per-upstream
+//! circuit breaker (`limits.max_connections` / `max_pending`), and the exchange with the
+//! upstream. Target health is read from the `health` module and fed back to it with the
+//! outcome of every attempt; nothing here changes health state directly.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use parking_lot::Mutex;
-
-use crate::config::UpstreamConfig;
-use crate::error::GatewayError;
-use crate::protect::{BodyProgress, LimitedBody};
-use tokio::time::Instant;
-
+pub mod balance;
 mod body;
 mod pool;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Balance, RetryConfig, UpstreamConfig};
+use crate::error::{GatewayError, cause_ref};
+use crate::health::{Group, HealthCache, InFlight, TargetStatus};
+use crate::protect::{BodyError, BodyProgress, LimitedBody};
+use balance::{Candidate, Live, Mode, Tried, hash_key};
 pub use body::ProxyBody;
+use body::Replayer;
 use pool::Pool;
 pub use pool::{ConnectError, Loan};
+use retry::Budget;
 
 /// Pools shared across config versions. A reload that keeps a target keeps its warm
 /// connections; pools of targets no config uses any more are dropped at the next apply.
@@ -45,40 +58,178 @@ impl PoolCache {
 
     /// Drop the pools that none of `upstreams` uses.
     pub fn retain_used(&self, upstreams: &[Arc<Upstream>]) {
-        self.pools.lock().retain(|_, p| upstreams.iter().any(|u| u.targets.iter().any(|t| Arc::ptr_eq(&t.pool, p))));
+        self.pools.lock().retain(|_, p| upstreams.iter().any(|u| u.members.iter().any(|t| Arc::ptr_eq(&t.pool, p))));
     }
 }
 
 #[derive(Debug)]
-struct Target {
+struct Member {
     authority: Authority,
+    /// `host:port`, the member's place on the hash ring.
+    key: String,
     pool: Arc<Pool>,
+    weight: u32,
+    backup: bool,
+}
+
+/// What a request holds while its exchange lasts: its in-flight count on the target and its
+/// circuit-breaker slot.
+#[derive(Debug)]
+pub(crate) struct Held {
+    _in_flight: InFlight,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// What one request needs from the pipeline besides the request itself.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// Normalised path and the query.
+    pub path: PathAndQuery,
+    /// For a request with a body: when it has been sent. The response timeout runs from
+    /// then, so a long upload is bounded by the listener's `body_timeout` only.
+    pub body: Option<&'a BodyProgress>,
+    /// The client's address (for `hash_on: ip`).
+    pub client: IpAddr,
+    /// The route allows retrying non-idempotent methods.
+    pub retry_non_idempotent: bool,
+}
+
+/// How an attempt failed, for the retry rules and passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection: the request was not sent.
+    Connect,
+    /// The connection failed after the request was (perhaps partly) sent.
+    Reset,
+    /// No response head in time.
+    Timeout,
+    /// The client's own body failed; not the target's fault.
+    Client,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect failed",
+            Failure::Reset => "connection reset",
+            Failure::Timeout => "response timeout",
+            Failure::Client => "client body",
+        }
+    }
+}
+
+struct Failed {
+    error: GatewayError,
+    kind: Failure,
+    /// The request, if it never left the gateway.
+    unsent: Option<Request<ProxyBody>>,
 }
 
 /// One upstream of a config version.
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
-    targets: Vec<Target>,
-    next: AtomicUsize,
+    balance: Balance,
+    members: Vec<Member>,
+    health: Group,
+    live: ArcSwap<Live>,
+    epoch: Arc<AtomicU64>,
+    // try_lock only: one request rebuilds a stale view, the others use the old one.
+    rebuilding: Mutex<()>,
+    counter: AtomicUsize,
+    panic_threshold: u8,
+    slow_start: Duration,
+    retry: RetryConfig,
+    budget: Budget,
+    slots: Arc<Semaphore>,
+    max_connections: u32,
+    pending: AtomicU32,
+    max_pending: u32,
+    connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
 }
 
+/// An upstream as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    /// Name from config.
+    pub name: String,
+    /// Balancing algorithm.
+    pub balance: &'static str,
+    /// `primary`, `backup` (no primary healthy), `panic` (too few healthy: all primaries)
+    /// or `none` (nothing healthy: requests get 503).
+    pub serving: &'static str,
+    /// Targets able to serve now.
+    pub healthy: usize,
+    /// Requests in flight to this upstream.
+    pub in_flight: u32,
+    /// Requests waiting for a slot (`limits.max_pending`).
+    pub pending: u32,
+    /// Every target, primaries then backups.
+    pub targets: Vec<TargetView>,
+}
+
+/// One target in [`UpstreamStatus`].
+#[derive(Debug, Serialize)]
+pub struct TargetView {
+    /// Health.
+    #[serde(flatten)]
+    pub health: TargetStatus,
+    /// Configured weight.
+    pub weight: u32,
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
 impl Upstream {
-    /// Build from config, reusing pools from `cache`.
-    pub fn new(cfg: &UpstreamConfig, cache: &PoolCache) -> Self {
-        Upstream {
+    /// Build from config, reusing pools and health state. Active probes, if configured,
+    /// run until `stop` is cancelled.
+    pub fn new(cfg: &UpstreamConfig, pools: &PoolCache, health: &HealthCache, stop: &CancellationToken) -> Self {
+        let targets = cfg.targets.iter().map(|t| (t, false)).chain(cfg.backup.iter().map(|t| (t, true)));
+        let mut members = Vec::new();
+        let mut states = Vec::new();
+        for (t, backup) in targets {
+            members.push(Member {
+                authority: t.authority.clone(),
+                key: t.authority.to_string(),
+                pool: pools.get(&t.authority, cfg.connect_timeout),
+                weight: t.weight,
+                backup,
+            });
+            states.push(health.target(&cfg.name, &t.authority, backup));
+        }
+        if let Some(active) = &cfg.health.active {
+            let active = Arc::new(active.clone());
+            for s in &states {
+                crate::health::active::spawn(s.clone(), active.clone(), stop.child_token());
+            }
+        }
+        let up = Upstream {
             name: cfg.name.clone(),
-            targets: cfg
-                .targets
-                .iter()
-                .map(|t| Target { authority: t.authority.clone(), pool: cache.get(&t.authority, cfg.connect_timeout) })
-                .collect(),
-            next: AtomicUsize::new(0),
+            balance: cfg.balance.clone(),
+            members,
+            health: Group::new(&cfg.name, states, cfg.health.passive),
+            live: ArcSwap::from_pointee(Live::build(u64::MAX, &Balance::RoundRobin, &[], &[], 0, Duration::ZERO)),
+            epoch: health.epoch().clone(),
+            rebuilding: Mutex::new(()),
+            counter: AtomicUsize::new(0),
+            panic_threshold: cfg.health.panic_threshold,
+            slow_start: cfg.health.slow_start,
+            retry: cfg.retries.clone(),
+            budget: Budget::new(cfg.retries.budget),
+            slots: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
+            max_connections: cfg.limits.max_connections,
+            pending: AtomicU32::new(0),
+            max_pending: cfg.limits.max_pending,
+            connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             idle_timeout: cfg.idle_timeout,
-        }
+        };
+        up.rebuild();
+        up
     }
 
     /// Name from config.
@@ -91,47 +242,222 @@ impl Upstream {
         self.idle_timeout
     }
 
-    /// Round robin over the targets.
-    fn pick(&self) -> Option<&Target> {
-        if self.targets.is_empty() {
-            return None;
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.targets.get(n % self.targets.len())
+    /// The health group (for status views).
+    pub fn health(&self) -> &Group {
+        &self.health
     }
 
-    /// Send `req` (headers already cleaned, `Host` set) to a target. `path` is the
-    /// normalised path with the query. The [`Loan`] must travel with the response body.
-    /// `body`, for a request with a body, tells when it has been sent: the response timeout
-    /// runs from then, so a long upload is bounded by the listener's `body_timeout` only.
+    fn rebuild(&self) {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let candidates: Vec<Candidate> = self
+            .members
+            .iter()
+            .zip(self.health.members())
+            .map(|(m, h)| Candidate {
+                available: h.available(),
+                backup: m.backup,
+                weight: m.weight,
+                back_at: h.back_at(),
+            })
+            .collect();
+        let keys: Vec<&str> = self.members.iter().map(|m| m.key.as_str()).collect();
+        let live = Live::build(epoch, &self.balance, &candidates, &keys, self.panic_threshold, self.slow_start);
+        if let Some(end) = live.ramp_ends() {
+            // Rebuild when the ramp is over, so picks stop consulting the clock.
+            let epoch = self.epoch.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(end).await;
+                epoch.fetch_add(1, Ordering::Release);
+            });
+        }
+        if live.mode != self.live.load().mode {
+            match live.mode {
+                Mode::Primary => tracing::info!(upstream = %self.name, "Serving from primary targets"),
+                Mode::Backup => {
+                    tracing::warn!(upstream = %self.name, "No primary target is healthy: serving from backups")
+                }
+                Mode::Panic => {
+                    tracing::warn!(upstream = %self.name, "Too few healthy targets: panic mode, balancing over all primaries")
+                }
+                Mode::Empty => tracing::error!(upstream = %self.name, "No target is healthy: refusing requests"),
+            }
+        }
+        self.live.store(Arc::new(live));
+    }
+
+    /// The current view, rebuilt first if target health changed since it was made.
+    #[inline]
+    fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        let live = self.live.load();
+        if live.epoch == self.epoch.load(Ordering::Acquire) {
+            return live;
+        }
+        drop(live);
+        if let Some(_one) = self.rebuilding.try_lock() {
+            self.rebuild();
+        }
+        self.live.load()
+    }
+
+    /// A circuit-breaker slot: at once if one is free; otherwise wait (up to
+    /// `timeouts.connect`) if fewer than `max_pending` requests are waiting already.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
+        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(p);
+        }
+        let overloaded = || GatewayError::Overloaded { upstream: self.name.clone() };
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(overloaded());
+        }
+        let waited = tokio::time::timeout(self.connect_timeout, Arc::clone(&self.slots).acquire_owned()).await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(overloaded()),
+        }
+    }
+
+    /// Send `req` (headers already cleaned, `Host` set) to a healthy target, retrying as
+    /// configured. The [`Loan`] must travel with the response body.
     pub async fn forward(
         &self,
         mut req: Request<ProxyBody>,
-        path: PathAndQuery,
-        body: Option<&BodyProgress>,
+        call: Call<'_>,
     ) -> Result<(Response<Incoming>, Option<Loan>), GatewayError> {
-        let target = self.pick().ok_or_else(|| GatewayError::NoTarget { upstream: self.name.clone() })?;
+        self.budget.deposit();
+        let slot = self.admit().await?;
         // HTTP/1.1 upstream requests use origin-form; Host carries the authority.
-        *req.uri_mut() = Uri::from(path);
+        *req.uri_mut() = Uri::from(call.path);
         *req.version_mut() = Version::HTTP_11;
+        let key = match &self.balance {
+            Balance::ConsistentHash(on) => hash_key(on, req.headers(), call.client),
+            _ => None,
+        };
+        let attempts = self.retry.attempts as usize;
+        let resend = attempts > 1
+            && (is_idempotent(req.method()) || call.retry_non_idempotent)
+            && (self.retry.on_reset || self.retry.on_timeout || !self.retry.on_statuses.is_empty());
+        if resend {
+            req.body_mut().keep(self.retry.max_body);
+        }
+        let mut tried = Tried::default();
+        loop {
+            let i = {
+                let live = self.live();
+                live.pick(&self.balance, &self.counter, key, &tried, |i| {
+                    let m = usize::from(i);
+                    (self.health.members().get(m).map_or(0, |h| h.in_flight()), self.members[m].weight)
+                })
+            };
+            let Some(i) = i else {
+                return Err(GatewayError::NoTarget { upstream: self.name.clone() });
+            };
+            tried.push(i);
+            let idx = usize::from(i);
+            let more = tried.len() < attempts;
+            // Whatever a resend would need, taken before the request is given away.
+            let again = (resend && more).then(|| (head_of(&req), req.body().replayer()));
+            let in_flight = self.health.members()[idx].start_request();
+            match self.attempt(idx, req, call.body).await {
+                Ok((res, tx)) => {
+                    let status = res.status();
+                    if status.is_server_error() {
+                        self.health.record_failure(idx, status.as_str());
+                    } else {
+                        self.health.record_success(idx);
+                    }
+                    if self.retry.on_statuses.contains(&status.as_u16())
+                        && let Some(r) = again.as_ref().and_then(rebuild)
+                        && self.budget.withdraw()
+                    {
+                        tracing::debug!(upstream = %self.name, target = %self.members[idx].authority, status = status.as_u16(), "Retrying on another target");
+                        req = r;
+                        continue;
+                    }
+                    let held = Held { _in_flight: in_flight, _slot: slot };
+                    let loan = Loan::new(tx, self.members[idx].pool.clone(), held);
+                    if http_body::Body::is_end_stream(res.body()) {
+                        loan.give_back();
+                        return Ok((res, None));
+                    }
+                    return Ok((res, Some(loan)));
+                }
+                Err(Failed { error, kind, unsent }) => {
+                    if kind != Failure::Client {
+                        self.health.record_failure(idx, kind.as_str());
+                    }
+                    let next = match (kind, unsent) {
+                        (Failure::Connect, Some(r)) if self.retry.on_connect_failure => Some(r),
+                        (Failure::Reset, _) if self.retry.on_reset => again.as_ref().and_then(rebuild),
+                        (Failure::Timeout, _) if self.retry.on_timeout => again.as_ref().and_then(rebuild),
+                        _ => None,
+                    };
+                    if let Some(r) = next
+                        && more
+                        && self.budget.withdraw()
+                    {
+                        tracing::debug!(upstream = %self.name, target = %self.members[idx].authority, failure = kind.as_str(), "Retrying on another target");
+                        req = r;
+                        continue;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// One try on member `idx`.
+    async fn attempt(
+        &self,
+        idx: usize,
+        mut req: Request<ProxyBody>,
+        progress: Option<&BodyProgress>,
+    ) -> Result<(Response<Incoming>, pool::Sender), Failed> {
+        let member = &self.members[idx];
         if !req.headers().contains_key(http::header::HOST)
-            && let Ok(h) = http::HeaderValue::from_str(target.authority.as_str())
+            && let Ok(h) = http::HeaderValue::from_str(member.authority.as_str())
         {
             req.headers_mut().insert(http::header::HOST, h);
         }
+        // Only the client's live body has upload progress; a replayed one is in memory.
+        let progress = if matches!(req.body(), ProxyBody::Stream { .. }) { progress } else { None };
         let exchange = async {
             let mut req = req;
+            let mut resends = 0;
             loop {
-                let (mut tx, reused) = target.pool.checkout().await.map_err(|e| self.connect_error(e))?;
+                let (mut tx, reused) = match member.pool.checkout().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        return Err(Failed { error: self.connect_error(e), kind: Failure::Connect, unsent: Some(req) });
+                    }
+                };
                 match tx.try_send_request(req).await {
                     Ok(res) => return Ok((res, tx)),
-                    Err(mut e) => match e.take_message() {
-                        // Not sent at all: safe to send again, on another connection.
-                        Some(r) if reused => req = r,
-                        _ => {
-                            return Err(GatewayError::Upstream { upstream: self.name.clone(), source: e.into_error() });
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        let source = e.into_error();
+                        match unsent {
+                            // Not sent at all: send it again on another connection.
+                            Some(r) if reused && resends < 3 => {
+                                resends += 1;
+                                req = r;
+                            }
+                            Some(r) => {
+                                let error = GatewayError::Upstream { upstream: self.name.clone(), source };
+                                return Err(Failed { error, kind: Failure::Connect, unsent: Some(r) });
+                            }
+                            None => {
+                                let kind = if cause_ref::<BodyError>(&source).is_some() {
+                                    Failure::Client
+                                } else {
+                                    Failure::Reset
+                                };
+                                let error = GatewayError::Upstream { upstream: self.name.clone(), source };
+                                return Err(Failed { error, kind, unsent: None });
+                            }
                         }
-                    },
+                    }
                 }
             }
         };
@@ -140,39 +466,90 @@ impl Upstream {
             let mut deadline = Instant::now() + limit;
             loop {
                 tokio::time::sleep_until(deadline).await;
-                match body.map(BodyProgress::done_at) {
+                match progress.map(BodyProgress::done_at) {
                     None => return,
                     Some(Some(sent)) if sent + limit <= Instant::now() => return,
                     Some(Some(sent)) => deadline = sent + limit,
                     // Still uploading. An upstream that stopped reading stalls the upload
                     // without the body ever being polled again, so the body's own deadline
                     // is enforced here too.
-                    Some(None) if Instant::now() >= body.map_or(deadline, BodyProgress::deadline) => return,
+                    Some(None) if Instant::now() >= progress.map_or(deadline, BodyProgress::deadline) => return,
                     Some(None) => {
-                        deadline = (Instant::now() + limit).min(body.map_or(deadline, BodyProgress::deadline))
+                        deadline = (Instant::now() + limit).min(progress.map_or(deadline, BodyProgress::deadline))
                     }
                 }
             }
         };
-        let (res, tx) = tokio::select! {
+        tokio::select! {
             biased;
-            r = exchange => r?,
-            () = expired => return Err(GatewayError::UpstreamTimeout { upstream: self.name.clone() }),
-        };
-        let loan = Loan::new(tx, target.pool.clone());
-        if http_body::Body::is_end_stream(res.body()) {
-            loan.give_back();
-            return Ok((res, None));
+            r = exchange => r,
+            () = expired => Err(Failed {
+                error: GatewayError::UpstreamTimeout { upstream: self.name.clone() },
+                kind: Failure::Timeout,
+                unsent: None,
+            }),
         }
-        Ok((res, Some(loan)))
     }
 
     fn connect_error(&self, source: ConnectError) -> GatewayError {
         match source {
-            ConnectError::Timeout => GatewayError::UpstreamConnectTimeout { upstream: self.name.clone() },
+            ConnectError::Dial(crate::net::DialError::Timeout) => {
+                GatewayError::UpstreamConnectTimeout { upstream: self.name.clone() }
+            }
             source => GatewayError::UpstreamConnect { upstream: self.name.clone(), source },
         }
     }
+
+    /// The view the admin API shows.
+    pub fn status(&self) -> UpstreamStatus {
+        let live = self.live();
+        UpstreamStatus {
+            name: self.name.clone(),
+            balance: match self.balance {
+                Balance::RoundRobin => "round_robin",
+                Balance::Weighted => "weighted",
+                Balance::LeastRequest => "least_request",
+                Balance::ConsistentHash(_) => "consistent_hash",
+                Balance::Random => "random",
+            },
+            serving: match live.mode {
+                Mode::Primary => "primary",
+                Mode::Backup => "backup",
+                Mode::Panic => "panic",
+                Mode::Empty => "none",
+            },
+            healthy: self.health.members().iter().filter(|h| h.available()).count(),
+            in_flight: self.max_connections.saturating_sub(self.slots.available_permits() as u32),
+            pending: self.pending.load(Ordering::Relaxed),
+            targets: self
+                .health
+                .status()
+                .into_iter()
+                .zip(&self.members)
+                .map(|(health, m)| TargetView { health, weight: m.weight })
+                .collect(),
+        }
+    }
+}
+
+/// The head of a request, for sending it again.
+fn head_of(req: &Request<ProxyBody>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
+fn rebuild((head, body): &(Request<()>, Replayer)) -> Option<Request<ProxyBody>> {
+    let body = body.body()?;
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method().clone();
+    *req.uri_mut() = head.uri().clone();
+    *req.version_mut() = head.version();
+    *req.headers_mut() = head.headers().clone();
+    Some(req)
 }
 
 /// Wrap a client body for forwarding.

@@ -5,8 +5,6 @@
 //! its response body has been read to the end, so an unread body never poisons the next
 //! request. No task is spawned and nothing is allocated per request beyond what hyper does.
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +12,10 @@ use http::uri::Authority;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::ProxyBody;
+use super::{Held, ProxyBody};
+use crate::net::{DialError, dial};
 
 /// Idle connections kept per target.
 const MAX_IDLE: usize = 256;
@@ -25,7 +23,7 @@ const MAX_IDLE: usize = 256;
 /// idle connections after 60 s, and reusing one they are closing loses the request.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
 
-type Sender = SendRequest<ProxyBody>;
+pub(crate) type Sender = SendRequest<ProxyBody>;
 
 /// Idle connections to one target.
 #[derive(Debug)]
@@ -39,15 +37,9 @@ pub(crate) struct Pool {
 /// Why a new connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The target name did not resolve.
-    #[error("resolving the target failed")]
-    Resolve(#[source] io::Error),
-    /// TCP connect failed.
-    #[error("connect failed")]
-    Connect(#[source] io::Error),
-    /// TCP connect took longer than `timeouts.connect`.
-    #[error("connect timed out")]
-    Timeout,
+    /// Resolving or TCP connect failed, or took longer than `timeouts.connect`.
+    #[error(transparent)]
+    Dial(#[from] DialError),
     /// The HTTP/1 handshake failed.
     #[error("HTTP handshake failed")]
     Handshake(#[source] hyper::Error),
@@ -83,30 +75,8 @@ impl Pool {
         }
     }
 
-    async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
-        let host = self.authority.host();
-        let port = self.authority.port_u16().unwrap_or(80);
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse() {
-            return Ok(SocketAddr::new(ip, port));
-        }
-        tokio::net::lookup_host((host, port))
-            .await
-            .map_err(ConnectError::Resolve)?
-            .next()
-            .ok_or_else(|| ConnectError::Resolve(io::Error::new(io::ErrorKind::NotFound, "no address")))
-    }
-
     async fn connect(&self) -> Result<Sender, ConnectError> {
-        let started = Instant::now();
-        let addr =
-            tokio::time::timeout(self.connect_timeout, self.resolve()).await.map_err(|_| ConnectError::Timeout)??;
-        let left = self.connect_timeout.saturating_sub(started.elapsed());
-        let stream = tokio::time::timeout(left, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnectError::Timeout)?
-            .map_err(ConnectError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = dial(&self.authority, self.connect_timeout).await?;
         let (tx, conn) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
         tokio::spawn(async move {
@@ -123,11 +93,13 @@ impl Pool {
 pub struct Loan {
     tx: Sender,
     pool: Arc<Pool>,
+    /// The request's in-flight count and circuit-breaker slot, released with the loan.
+    _held: Held,
 }
 
 impl Loan {
-    pub(crate) fn new(tx: Sender, pool: Arc<Pool>) -> Self {
-        Loan { tx, pool }
+    pub(crate) fn new(tx: Sender, pool: Arc<Pool>, held: Held) -> Self {
+        Loan { tx, pool, _held: held }
     }
 
     /// The exchange is complete: the connection may serve the next request.
