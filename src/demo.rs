@@ -41,6 +41,8 @@ pub fn run(path: Option<PathBuf>) -> ExitCode {
             }
         },
     };
+    let token = demo_token();
+    let shown_token = token.clone();
     let backends = backend_addrs(&cfg);
     let mut bound = Vec::new();
     for (i, addr) in backends.iter().enumerate() {
@@ -64,15 +66,28 @@ pub fn run(path: Option<PathBuf>) -> ExitCode {
                 Err(e) => eprintln!("sample backend failed: {e}"),
             }
         }
-        print_instructions(gw);
+        print_instructions(gw, &shown_token);
     });
-    super::cli::run(cfg, path, Some(on_ready))
+    super::cli::run(cfg, path, Some(on_ready), Some(token))
+}
+
+/// The admin token for this demo: `PORTCULLIS_ADMIN_TOKEN` if set, else a fresh random one.
+fn demo_token() -> String {
+    if let Some(t) = super::cli::admin_token_from_env() {
+        return t;
+    }
+    let mut bytes = [0u8; 16];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        // Loopback-only demo: a weaker token is acceptable if the OS source is missing.
+        Err(_) => (0..32).map(|_| fastrand::alphanumeric()).collect(),
+    }
 }
 
 fn backend_addrs(cfg: &Config) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for u in &cfg.upstreams {
-        for t in &u.targets {
+        for t in u.targets.iter().chain(&u.backup) {
             let host = t.authority.host();
             let host = if host == "localhost" { "127.0.0.1" } else { host };
             if let Ok(ip) = host.parse::<std::net::IpAddr>()
@@ -88,13 +103,14 @@ fn backend_addrs(cfg: &Config) -> Vec<SocketAddr> {
     out
 }
 
-fn print_instructions(gw: &crate::server::Gateway) {
+fn print_instructions(gw: &crate::server::Gateway, token: &str) {
     let Some((_, addr)) = gw.local_addrs().into_iter().next() else {
         return;
     };
     let base = format!("http://{addr}");
     // However the demo was started (cargo run, an installed binary), show a command that works.
     let exe = std::env::args().next().unwrap_or_else(|| "portcullis".into());
+    let admin = gw.admin_addr().map(|a| format!(" --admin http://{a}")).unwrap_or_default();
     eprintln!(
         "\nPortcullis demo is running. Try, in another terminal:\n\n  \
          curl -s {base}/catalogue/items                 # round robin over two backends: run it twice\n  \
@@ -102,7 +118,8 @@ fn print_instructions(gw: &crate::server::Gateway) {
          curl -s -X DELETE {base}/orders/42             # 404 problem+json: the route allows GET only\n  \
          curl -s --path-as-is '{base}/catalogue/../orders/7'   # path normalised before routing\n  \
          curl -s -H 'Connection: x-secret' -H 'x-secret: 1' {base}/catalogue/h   # hop-by-hop header stripped\n  \
-         {exe} explain -c examples/quickstart.yaml DELETE {base}/orders/42\n\n\
+         {exe} explain -c examples/quickstart.yaml DELETE {base}/orders/42\n  \
+         PORTCULLIS_ADMIN_TOKEN={token} {exe} status{admin}   # upstream health\n\n\
          Edit examples/quickstart.yaml and save: the gateway reloads it. Ctrl-C stops.\n"
     );
 }

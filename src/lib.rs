@@ -8,6 +8,7 @@
 //! errors become responses; [`observe`] owns logs and ids; [`cli`] and [`demo`] are the
 //! command line.
 
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;

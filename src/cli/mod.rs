@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`, `demo`.
+//! The command line: `run`, `validate`, `explain`, `status`, `demo`.
 //!
 //! Exit codes: 0 success, 1 invalid input or refused, 2 usage error.
 
@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::observe;
-use crate::server::{Gateway, source_hash, watch_config};
+use crate::server::{Gateway, StartOptions, source_hash, watch_config};
 
 mod explain;
+mod status;
 
 /// Runs once the gateway's listeners are bound (the demo starts its backends here).
 pub(crate) type OnReady = Box<dyn FnOnce(&Gateway) + Send>;
@@ -51,6 +52,19 @@ enum Cmd {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// One screen about a running node: config version, listeners, upstream health.
+    /// The admin token is read from PORTCULLIS_ADMIN_TOKEN.
+    Status {
+        /// Admin API URL (default: the config's admin.bind, else http://127.0.0.1:9901).
+        #[arg(long = "admin")]
+        admin: Option<String>,
+        /// Config file, to find the admin listener.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Print the JSON document instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start the gateway on examples/quickstart.yaml with two built-in sample backends.
     Demo {
         /// Config file (defaults to examples/quickstart.yaml, or a built-in copy of it).
@@ -71,10 +85,11 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Validate { config } => validate(&config),
         Cmd::Explain { config, method, url, headers } => explain::run(&config, &method, &url, &headers),
+        Cmd::Status { admin, config, json } => status::run(admin.as_deref(), config.as_deref(), json),
         Cmd::Run { config } => {
             observe::init_logging();
             match load_or_report(&config) {
-                Some((cfg, hash)) => run(cfg, Some((config, hash)), None),
+                Some((cfg, hash)) => run(cfg, Some((config, hash)), None, admin_token_from_env()),
                 None => ExitCode::from(1),
             }
         }
@@ -115,10 +130,28 @@ pub(crate) fn load_or_report(path: &Path) -> Option<(Config, u64)> {
     }
 }
 
+/// The admin token from `PORTCULLIS_ADMIN_TOKEN`; a short one is refused (with a warning)
+/// rather than guarded by.
+pub(crate) fn admin_token_from_env() -> Option<String> {
+    let t = std::env::var("PORTCULLIS_ADMIN_TOKEN").ok()?;
+    let t = t.trim().to_string();
+    if t.len() < 16 {
+        tracing::warn!("PORTCULLIS_ADMIN_TOKEN is shorter than 16 characters: ignored, the admin API stays locked");
+        return None;
+    }
+    Some(t)
+}
+
 /// Build the runtime the config asks for and serve until SIGTERM or SIGINT.
 /// `on_ready` runs once the listeners are bound.
 /// `source` is the config file and the fingerprint of the text `cfg` was parsed from.
-pub(crate) fn run(cfg: Config, source: Option<(PathBuf, u64)>, on_ready: Option<OnReady>) -> ExitCode {
+/// `admin_token` opens the admin API.
+pub(crate) fn run(
+    cfg: Config,
+    source: Option<(PathBuf, u64)>,
+    on_ready: Option<OnReady>,
+    admin_token: Option<String>,
+) -> ExitCode {
     let workers = cfg.node.workers.map(|w| w.get());
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -136,10 +169,15 @@ pub(crate) fn run(cfg: Config, source: Option<(PathBuf, u64)>, on_ready: Option<
             return ExitCode::from(1);
         }
     };
-    rt.block_on(serve(cfg, source, on_ready))
+    rt.block_on(serve(cfg, source, on_ready, admin_token))
 }
 
-async fn serve(cfg: Config, source: Option<(PathBuf, u64)>, on_ready: Option<OnReady>) -> ExitCode {
+async fn serve(
+    cfg: Config,
+    source: Option<(PathBuf, u64)>,
+    on_ready: Option<OnReady>,
+    admin_token: Option<String>,
+) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers first: a signal that arrives while we bind must not kill the process.
     let (mut term, mut int, hup) =
@@ -155,7 +193,8 @@ async fn serve(cfg: Config, source: Option<(PathBuf, u64)>, on_ready: Option<OnR
         Some((p, h)) => (Some(p), h),
         None => (None, 0),
     };
-    let gw = match Gateway::start_from(cfg, path, hash).await {
+    let options = StartOptions { admin_token };
+    let gw = match Gateway::start_with(cfg, path, hash, options).await {
         Ok(gw) => gw,
         Err(e) => {
             tracing::error!(error = %e, "Cannot start");

@@ -112,6 +112,43 @@ pub(crate) struct Inner {
     reload_lock: tokio::sync::Mutex<u64>,
     tracker: TaskTracker,
     path: Option<PathBuf>,
+    started: tokio::time::Instant,
+    admin: Option<SocketAddr>,
+}
+
+/// Settings of a start that do not come from the config file.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// Bearer token that opens the admin API's `/api/v1` (from `PORTCULLIS_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+}
+
+/// The admin API's view of the node.
+struct NodeView(Arc<Inner>);
+
+impl crate::admin::Node for NodeView {
+    fn status(&self) -> crate::admin::NodeStatus {
+        let snap = self.0.snapshot.load_full();
+        let listeners = self
+            .0
+            .listeners
+            .lock()
+            .iter()
+            .map(|r| crate::admin::ListenerStatus { name: r.name.lock().to_string(), address: r.local.to_string() })
+            .collect();
+        crate::admin::NodeStatus {
+            node: snap.config.node.name.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            config_version: snap.version,
+            uptime_seconds: self.0.started.elapsed().as_secs(),
+            listeners,
+            upstreams: snap.upstreams.iter().map(|u| u.status()).collect(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        !self.0.shared.shutdown.is_cancelled()
+    }
 }
 
 /// A running gateway. Cheap to clone.
@@ -159,11 +196,29 @@ impl Gateway {
         path: Option<PathBuf>,
         text_hash: u64,
     ) -> Result<Gateway, GatewayStartError> {
+        Self::start_with(config, path, text_hash, StartOptions::default()).await
+    }
+
+    /// [`Gateway::start_from`] with settings from outside the config file.
+    pub async fn start_with(
+        config: Config,
+        path: Option<PathBuf>,
+        text_hash: u64,
+        options: StartOptions,
+    ) -> Result<Gateway, GatewayStartError> {
         let shared = Shared::default();
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push((l.clone(), bind(l).await?));
         }
+        let admin_sock = match &config.admin {
+            Some(a) => {
+                let l = ListenerConfig { name: "admin".into(), bind: a.bind, limits: Default::default() };
+                Some(bind(&l).await?)
+            }
+            None => None,
+        };
+        let admin = admin_sock.as_ref().and_then(|s| s.local_addr().ok());
         let snapshot = Snapshot::build(1, config, &shared);
         let inner = Arc::new(Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -172,8 +227,16 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(text_hash),
             tracker: TaskTracker::new(),
             path,
+            started: tokio::time::Instant::now(),
+            admin,
         });
         let gw = Gateway { inner };
+        if let Some(sock) = admin_sock {
+            tracing::info!(addr = ?admin, "Admin API listening");
+            let node: Arc<dyn crate::admin::Node> = Arc::new(NodeView(gw.inner.clone()));
+            let stop = gw.inner.shared.shutdown.child_token();
+            gw.inner.tracker.spawn(crate::admin::serve(sock, node, options.admin_token, stop));
+        }
         for (l, sock) in bound {
             gw.spawn_listener(&l, sock);
         }
@@ -193,6 +256,11 @@ impl Gateway {
     /// Address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
         self.inner.listeners.lock().iter().find(|r| &**r.name.lock() == listener).map(|r| r.local)
+    }
+
+    /// The admin API's bound address, if the config has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin
     }
 
     /// Every listener's name and bound address.
@@ -258,6 +326,9 @@ impl Gateway {
         }
         if config.node.workers != self.inner.snapshot.load().config.node.workers {
             tracing::warn!("node.workers changed: it takes effect at the next restart");
+        }
+        if config.admin != self.inner.snapshot.load().config.admin {
+            tracing::warn!("admin changed: the admin listener changes at the next restart");
         }
         let version = self.inner.snapshot.load().version + 1;
         let snap = Snapshot::build(version, config, &self.inner.shared);

@@ -1,0 +1,205 @@
+//! The admin API on its own listener (loopback by default): `/healthz`, `/readyz` and the
+//! token-protected REST API under `/api/v1` (node status, upstream health), described by
+//! `/api/v1/openapi.json`.
+//!
+//! Owns the admin listener, its limits, the bearer-token check and the JSON shapes. It reads
+//! the running node through the [`Node`] trait, which the server implements, so data flows
+//! one way: the server hands the admin API a view; the admin API never reaches into it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::problem_json;
+use crate::observe::new_request_id_string;
+use crate::upstream::UpstreamStatus;
+
+/// Concurrent admin connections; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+/// Time allowed for an admin request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin API can see of the running node.
+pub trait Node: Send + Sync + 'static {
+    /// Node, config version, listeners, upstreams.
+    fn status(&self) -> NodeStatus;
+    /// Config loaded and listeners bound, not shutting down.
+    fn ready(&self) -> bool;
+}
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    /// `node.name`.
+    pub node: String,
+    /// Portcullis version.
+    pub version: &'static str,
+    /// The config version serving now (1 at start, +1 per applied change).
+    pub config_version: u64,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Bound listeners.
+    pub listeners: Vec<ListenerStatus>,
+    /// Every upstream with its targets' health.
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+/// One bound listener.
+#[derive(Debug, Serialize)]
+pub struct ListenerStatus {
+    /// Name from config.
+    pub name: String,
+    /// Bound address.
+    pub address: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: Arc<dyn Node>,
+    token: Option<Arc<[u8]>>,
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = problem_json(status.as_u16(), title, detail, &new_request_id_string());
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    res
+}
+
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii);
+    let ok = match (&st.token, presented) {
+        // Constant time in the token's bytes (a length mismatch is refused at once).
+        (Some(want), Some(got)) => bool::from(want.as_ref().ct_eq(got)),
+        _ => false,
+    };
+    if ok {
+        return next.run(req).await;
+    }
+    let detail = if st.token.is_none() {
+        "no admin token is configured on this node (set PORTCULLIS_ADMIN_TOKEN when starting it)"
+    } else {
+        "a valid admin token is required: Authorization: Bearer TOKEN"
+    };
+    tracing::warn!(path = %req.uri().path(), "Admin API: request without a valid token refused");
+    let mut res = problem(StatusCode::UNAUTHORIZED, "Unauthorized", detail);
+    res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"portcullis-admin\""));
+    res
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok" }))).into_response()
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.node.ready() {
+        (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ready" }))).into_response()
+    } else {
+        problem(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "the node is not ready")
+    }
+}
+
+async fn status(State(st): State<AppState>) -> Response {
+    axum::Json(st.node.status()).into_response()
+}
+
+async fn upstreams(State(st): State<AppState>) -> Response {
+    axum::Json(st.node.status().upstreams).into_response()
+}
+
+async fn upstream(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    match st.node.status().upstreams.into_iter().find(|u| u.name == name) {
+        Some(u) => axum::Json(u).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "Not Found", "no upstream has that name"),
+    }
+}
+
+async fn openapi() -> Response {
+    let mut res = OPENAPI.into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+async fn not_found() -> Response {
+    problem(StatusCode::NOT_FOUND, "Not Found", "no such admin endpoint")
+}
+
+/// The admin routes.
+fn router(node: Arc<dyn Node>, token: Option<Arc<[u8]>>) -> Router {
+    let st = AppState { node, token };
+    let api = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/upstreams", get(upstreams))
+        .route("/api/v1/upstreams/{name}", get(upstream))
+        .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(st)
+}
+
+/// Serve the admin API on `sock` until `stop` is cancelled. `token` is the bearer token
+/// that opens `/api/v1` (none: every such call is refused).
+pub async fn serve(sock: TcpListener, node: Arc<dyn Node>, token: Option<String>, stop: CancellationToken) {
+    let addr: Option<SocketAddr> = sock.local_addr().ok();
+    if token.is_none() {
+        tracing::warn!(addr = ?addr, "Admin API without a token: only /healthz and /readyz answer");
+    }
+    let app = router(node, token.map(|t| Arc::from(t.into_bytes())));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => return,
+            r = sock.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The OpenAPI description of this API.
+const OPENAPI: &str = include_str!("openapi.json");
