@@ -103,7 +103,7 @@ pub struct TargetStatus {
     pub url: String,
     /// A `backup` target.
     pub backup: bool,
-    /// `healthy`, `unhealthy` (active probes) or `ejected` (passive detection).
+    /// `unhealthy` (active probes fail), `ejected` (passive detection) or `healthy`.
     pub state: &'static str,
     /// When the state last changed (RFC 3339).
     pub since: String,
@@ -207,9 +207,13 @@ impl TargetHealth {
         }
         self.probed_down.store(!ok, Ordering::Relaxed);
         if ok {
-            if !self.ejected.load(Ordering::Relaxed) {
-                self.came_back(&mut info, "active probes pass");
+            // The probes had taken it out and now pass: the outage that (most likely) also
+            // got it ejected is over, so the ejection ends too.
+            if self.ejected.swap(false, Ordering::AcqRel) {
+                self.eject_gen.fetch_add(1, Ordering::AcqRel);
+                self.failures.store(0, Ordering::Relaxed);
             }
+            self.came_back(&mut info, "active probes pass");
         } else {
             info.since = SystemTime::now();
             info.reason = Some(format!("active probes fail: {detail}"));
@@ -239,10 +243,11 @@ impl TargetHealth {
     /// The view the admin API shows.
     pub fn status(&self) -> TargetStatus {
         let info = self.info.lock();
-        let state = if self.ejected.load(Ordering::Relaxed) {
-            "ejected"
-        } else if self.probed_down.load(Ordering::Relaxed) {
+        // The probes' verdict first: an ejected target that also fails its probes is down.
+        let state = if self.probed_down.load(Ordering::Relaxed) {
             "unhealthy"
+        } else if self.ejected.load(Ordering::Relaxed) {
+            "ejected"
         } else {
             "healthy"
         };

@@ -51,6 +51,10 @@ pub struct TestUpstream {
     pub name: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub hits: Arc<AtomicUsize>,
+    /// Milliseconds every answer waits first (0: none).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// A status every answer has instead (0: answer normally).
+    pub fail_status: Arc<std::sync::atomic::AtomicU16>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -71,6 +75,8 @@ impl TestUpstream {
             name: name.to_string(),
             seen: Arc::default(),
             hits: Arc::default(),
+            delay_ms: Arc::default(),
+            fail_status: Arc::default(),
             stop: tokio_util::sync::CancellationToken::new(),
         };
         let u = up.clone();
@@ -107,6 +113,16 @@ impl TestUpstream {
             peer,
         });
         let path = req.uri().path().to_string();
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let fail = self.fail_status.load(Ordering::SeqCst);
+        if fail != 0 {
+            let mut res = Response::new(full(self.name.clone()));
+            *res.status_mut() = http::StatusCode::from_u16(fail).unwrap_or(http::StatusCode::IM_A_TEAPOT);
+            return Ok(res);
+        }
         if path.starts_with("/echo") {
             let body = req.into_body().map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
             return Ok(Response::new(body));
@@ -168,6 +184,11 @@ impl TestUpstream {
         Ok(res)
     }
 
+    /// Requests seen so far.
+    pub fn count(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
     pub fn last(&self) -> Seen {
         self.seen.lock().last().cloned().expect("upstream saw a request")
     }
@@ -194,12 +215,49 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(yaml: &str) -> TestGateway {
+        Self::start_with_token(yaml, None).await
+    }
+
+    /// Start with an admin token (the config needs `admin:` for it to matter).
+    pub async fn start_with_token(yaml: &str, token: Option<&str>) -> TestGateway {
         let dir = scratch_dir();
         let path = dir.join("gw.yaml");
         std::fs::write(&path, yaml).expect("write config");
         let cfg = portcullis::config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
-        let gw = portcullis::server::Gateway::start(cfg, Some(path.clone())).await.expect("start");
+        let options = portcullis::server::StartOptions { admin_token: token.map(str::to_string) };
+        let gw = portcullis::server::Gateway::start_with(cfg, Some(path.clone()), 0, options).await.expect("start");
         TestGateway { gw, path }
+    }
+
+    /// GET an admin API path with a bearer token; status and parsed JSON (Null if not JSON).
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let addr = self.gw.admin_addr().expect("admin listener");
+        let mut req = Request::get(format!("http://{addr}{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let (status, _, body) = send(req.body(full("")).expect("request")).await;
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The health of upstream `name` straight from the gateway (no admin listener needed).
+    pub fn upstream_status(&self, name: &str) -> serde_json::Value {
+        let snap = self.gw.snapshot();
+        let u = snap.upstreams.iter().find(|u| u.name() == name).expect("upstream");
+        serde_json::to_value(u.status()).expect("json")
+    }
+
+    /// The state (`healthy`, `unhealthy`, `ejected`) of the target with this address.
+    pub fn target_state(&self, upstream: &str, addr: SocketAddr) -> String {
+        let st = self.upstream_status(upstream);
+        let url = format!("http://{addr}");
+        st["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .find(|t| t["url"] == url.as_str())
+            .map(|t| t["state"].as_str().unwrap_or("").to_string())
+            .expect("target listed")
     }
 
     pub fn addr(&self) -> SocketAddr {
