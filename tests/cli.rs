@@ -132,9 +132,14 @@ impl Drop for Proc {
 
 impl Proc {
     fn start(config: &Path) -> Proc {
+        Self::start_env(config, &[])
+    }
+
+    fn start_env(config: &Path, env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("PORTCULLIS_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -349,4 +354,49 @@ async fn a_100_mib_body_streams_through_without_buffering() {
     let grew_mib = peak.saturating_sub(rss_before) / 1024;
     eprintln!("gateway peak RSS grew by {grew_mib} MiB over the 2 x 100 MiB transfers");
     assert!(grew_mib < 64, "gateway memory grew by {grew_mib} MiB (peak {peak} KiB, before {rss_before} KiB)");
+}
+
+#[test]
+fn status_shows_upstream_health_from_the_admin_api() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let up = rt.block_on(TestUpstream::start("a"));
+    let dir = scratch_dir();
+    let yaml =
+        simple_config(&[up.addr], "", "").replacen("version: 1\n", "version: 1\nadmin: { bind: \"127.0.0.1:0\" }\n", 1);
+    let cfg = write(&dir, "gw.yaml", &yaml);
+    let token = "cli-test-token-0123456789abcdef";
+    let p = Proc::start_env(&cfg, &[("PORTCULLIS_ADMIN_TOKEN", token)]);
+    let admin = p
+        .logs
+        .lock()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "Admin API listening")
+        .and_then(|v| v["addr"].as_str().map(str::to_string))
+        .expect("admin address logged");
+    let url = format!("http://{admin}");
+    let status = |tok: &str, extra: &[&str]| {
+        Command::new(BIN)
+            .args(["status", "--admin", &url])
+            .args(extra)
+            .env("PORTCULLIS_ADMIN_TOKEN", tok)
+            .output()
+            .expect("run")
+    };
+    let out = status(token, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("config version 1"), "{stdout}");
+    assert!(stdout.contains("round_robin · serving primary · 1/1 healthy"), "{stdout}");
+    assert!(stdout.contains(&format!("http://{}", up.addr)), "{stdout}");
+
+    let out = status(token, &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["upstreams"][0]["targets"][0]["state"], "healthy");
+
+    let out = status("not-the-token-at-all", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(p);
+    drop(up);
 }

@@ -166,3 +166,100 @@ fn damaged_files_never_panic() {
         let _ = parse("fuzz.yaml", &text);
     }
 }
+
+const FULL_UPSTREAM: &str = r#"
+version: 1
+listeners: [{ name: public, bind: "127.0.0.1:8080" }]
+admin: { bind: "127.0.0.1:9901" }
+upstreams:
+  - name: orders
+    balance: consistent_hash
+    hash_on: header:x-account
+    targets: [{ url: "http://10.0.0.5:9001", weight: 2 }, { url: "http://10.0.0.6:9001" }]
+    backup: [{ url: "http://10.0.1.5:9001" }]
+    health:
+      active: { path: /healthz, interval: 5s, timeout: 1s, healthy_after: 2, unhealthy_after: 3, statuses: [200, "204-299"] }
+      passive: { consecutive_failures: 5, eject_for: 30s, max_eject_for: 2m, max_ejected: 34% }
+      panic_threshold: 25%
+      slow_start: 20s
+    retries: { attempts: 3, on: [connect_failure, timeout, "502", "503"], budget: 10%, max_body: 8KiB }
+    timeouts: { connect: 1s, response: 30s }
+    limits: { max_connections: 100, max_pending: 10 }
+routes:
+  - name: orders
+    match: { prefix: /orders }
+    upstream: orders
+    public: true
+    retry_non_idempotent: true
+"#;
+
+#[test]
+fn upstream_settings_decode_exactly() {
+    let c = parse("gw.yaml", FULL_UPSTREAM).expect("valid");
+    let u = &c.upstreams[0];
+    assert_eq!(u.balance, Balance::ConsistentHash(HashOn::Header(http::HeaderName::from_static("x-account"))));
+    assert_eq!((u.targets[0].weight, u.targets[1].weight), (2, 1));
+    assert_eq!(u.backup[0].authority.as_str(), "10.0.1.5:9001");
+    let a = u.health.active.as_ref().expect("active");
+    assert_eq!((a.path.as_str(), a.healthy_after, a.unhealthy_after), ("/healthz", 2, 3));
+    assert_eq!(a.statuses, vec![(200, 200), (204, 299)]);
+    assert_eq!(u.health.passive.max_eject_for, std::time::Duration::from_secs(120));
+    assert_eq!((u.health.passive.max_ejected, u.health.panic_threshold), (34, 25));
+    assert_eq!(u.health.slow_start, std::time::Duration::from_secs(20));
+    let r = &u.retries;
+    assert_eq!((r.attempts, r.on_connect_failure, r.on_reset, r.on_timeout), (3, true, false, true));
+    assert_eq!((r.on_statuses.clone(), r.budget, r.max_body), (vec![502, 503], 10, 8192));
+    assert_eq!((u.limits.max_connections, u.limits.max_pending), (100, 10));
+    assert!(c.routes[0].retry_non_idempotent);
+    assert_eq!(c.admin.expect("admin").bind.port(), 9901);
+    // Defaults.
+    let d = parse("gw.yaml", GOOD).expect("valid");
+    let u = &d.upstreams[0];
+    assert_eq!(u.balance, Balance::RoundRobin);
+    assert_eq!(u.retries, RetryConfig::default());
+    assert_eq!(u.health.passive, PassiveHealth::default());
+    assert!(u.health.active.is_none() && d.admin.is_none());
+}
+
+#[test]
+fn bad_upstream_settings() {
+    let with = |up: &str| {
+        format!(
+            "version: 1\nlisteners: [{{ name: p, bind: \"127.0.0.1:1\" }}]\nupstreams:\n  - name: u\n    targets: [{{ url: \"http://127.0.0.1:2\" }}]\n{up}\n"
+        )
+    };
+    let cases = [
+        ("    balance: fastest", "upstreams[0].balance: unknown balance `fastest`"),
+        ("    balance: consistent_hash", "consistent_hash needs `hash_on`"),
+        ("    hash_on: ip", "`hash_on` is set, so `balance` must be `consistent_hash`"),
+        ("    balance: consistent_hash\n    hash_on: body", "invalid hash_on `body`"),
+        ("    balance: consistent_hash\n    hash_on: \"cookie:a b\"", "invalid hash_on"),
+        (
+            "    backup: [{ url: \"http://x:1\", weight: 0 }]",
+            "backup[0].weight: expected a whole number from 1 to 1000",
+        ),
+        ("    health: { passive: { max_ejected: 150% } }", "expected a percentage from 0% to 100%"),
+        ("    health: { panic_threshold: 50 }", "expected a percentage"),
+        ("    health: { passive: { eject_for: 1m, max_eject_for: 10s } }", "must not be shorter than `eject_for`"),
+        ("    health: { active: { interval: 5s } }", "health.active.path: missing field `path`"),
+        ("    health: { active: { path: healthz } }", "invalid probe path `healthz`"),
+        ("    health: { active: { path: /h, statuses: [\"300-200\"] } }", "invalid status `300-200`"),
+        ("    health: { active: { path: /h, interval: 10ms } }", "must be at least 50ms"),
+        ("    health: { active: { path: /h, host: \"a b\" } }", "invalid host `a b`"),
+        ("    retries: { attempts: 0 }", "retries.attempts: expected a whole number from 1 to 10"),
+        ("    retries: { on: [sometimes] }", "unknown retry condition `sometimes`"),
+        ("    retries: { on: [\"200\"] }", "unknown retry condition `200`"),
+        ("    limits: { max_connections: 0 }", "limits.max_connections"),
+        ("    tls: {}", "TLS to upstreams (`tls`) is not supported yet"),
+    ];
+    for (up, want) in cases {
+        let e = errors(&with(up));
+        assert!(e.iter().any(|m| m.contains(want)), "{up}: wanted `{want}` in {e:?}");
+    }
+    let clash = "version: 1\nlisteners: [{ name: p, bind: \"127.0.0.1:9901\" }]\nadmin: { bind: \"127.0.0.1:9901\" }\n";
+    assert!(errors(clash).iter().any(|m| m.contains("admin.bind: address 127.0.0.1:9901 is bound by a listener")));
+    let bad_admin = "version: 1\nlisteners: [{ name: p, bind: \"127.0.0.1:1\" }]\nadmin: { bind: nowhere, port: 3 }\n";
+    let e = errors(bad_admin);
+    assert!(e.iter().any(|m| m.contains("admin.bind: invalid bind address")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("admin.port: unknown field")), "{e:?}");
+}

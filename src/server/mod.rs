@@ -232,7 +232,9 @@ impl Gateway {
         });
         let gw = Gateway { inner };
         if let Some(sock) = admin_sock {
-            tracing::info!(addr = ?admin, "Admin API listening");
+            if let Some(a) = admin {
+                tracing::info!(addr = %a, "Admin API listening");
+            }
             let node: Arc<dyn crate::admin::Node> = Arc::new(NodeView(gw.inner.clone()));
             let stop = gw.inner.shared.shutdown.child_token();
             gw.inner.tracker.spawn(crate::admin::serve(sock, node, options.admin_token, stop));
