@@ -9,13 +9,14 @@
 
 pub mod balance;
 mod body;
+mod breaker;
 mod pool;
 pub mod retry;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -24,7 +25,6 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,7 @@ use crate::protect::{BodyError, BodyProgress, LimitedBody};
 use balance::{Candidate, Live, Mode, Tried, hash_key};
 pub use body::ProxyBody;
 use body::Replayer;
+use breaker::{Slot, Slots};
 use pool::Pool;
 pub use pool::{ConnectError, Loan};
 use retry::Budget;
@@ -77,7 +78,7 @@ struct Member {
 #[derive(Debug)]
 pub(crate) struct Held {
     _in_flight: InFlight,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 /// What one request needs from the pipeline besides the request itself.
@@ -141,10 +142,7 @@ pub struct Upstream {
     slow_start: Duration,
     retry: RetryConfig,
     budget: Budget,
-    slots: Arc<Semaphore>,
-    max_connections: u32,
-    pending: AtomicU32,
-    max_pending: u32,
+    slots: Arc<Slots>,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -220,10 +218,7 @@ impl Upstream {
             slow_start: cfg.health.slow_start,
             retry: cfg.retries.clone(),
             budget: Budget::new(cfg.retries.budget),
-            slots: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
-            max_connections: cfg.limits.max_connections,
-            pending: AtomicU32::new(0),
-            max_pending: cfg.limits.max_pending,
+            slots: Slots::new(cfg.limits.max_connections, cfg.limits.max_pending),
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             idle_timeout: cfg.idle_timeout,
@@ -301,21 +296,11 @@ impl Upstream {
 
     /// A circuit-breaker slot: at once if one is free; otherwise wait (up to
     /// `timeouts.connect`) if fewer than `max_pending` requests are waiting already.
-    async fn admit(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
-        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(p);
-        }
-        let overloaded = || GatewayError::Overloaded { upstream: self.name.clone() };
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(overloaded());
-        }
-        let waited = tokio::time::timeout(self.connect_timeout, Arc::clone(&self.slots).acquire_owned()).await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        match waited {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(overloaded()),
-        }
+    async fn admit(&self) -> Result<Slot, GatewayError> {
+        self.slots
+            .take(self.connect_timeout)
+            .await
+            .ok_or_else(|| GatewayError::Overloaded { upstream: self.name.clone() })
     }
 
     /// Send `req` (headers already cleaned, `Host` set) to a healthy target, retrying as
@@ -519,8 +504,8 @@ impl Upstream {
                 Mode::Empty => "none",
             },
             healthy: self.health.members().iter().filter(|h| h.available()).count(),
-            in_flight: self.max_connections.saturating_sub(self.slots.available_permits() as u32),
-            pending: self.pending.load(Ordering::Relaxed),
+            in_flight: self.slots.in_use(),
+            pending: self.slots.pending(),
             targets: self
                 .health
                 .status()

@@ -1,0 +1,113 @@
+//! Circuit breaking: at most `max_connections` requests in flight to an upstream, at most
+//! `max_pending` more waiting for one of those slots; the rest are refused at once.
+//!
+//! The fast path is one atomic add (and one subtract on release); only when the upstream is
+//! full does a request touch the wait queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// The slots of one upstream.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    max: u32,
+    max_pending: u32,
+    in_use: AtomicU32,
+    pending: AtomicU32,
+    freed: Notify,
+}
+
+/// One slot, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+        if self.0.pending.load(Ordering::Acquire) > 0 {
+            self.0.freed.notify_one();
+        }
+    }
+}
+
+impl Slots {
+    pub(crate) fn new(max: u32, max_pending: u32) -> Arc<Slots> {
+        Arc::new(Slots {
+            max,
+            max_pending,
+            in_use: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        if self.in_use.fetch_add(1, Ordering::AcqRel) < self.max {
+            return Some(Slot(self.clone()));
+        }
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+        None
+    }
+
+    /// A slot at once, or after waiting up to `wait` if fewer than `max_pending` requests
+    /// wait already; `None` means refused.
+    pub(crate) async fn take(self: &Arc<Self>, wait: Duration) -> Option<Slot> {
+        if let Some(s) = self.try_take() {
+            return Some(s);
+        }
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let waited = tokio::time::timeout(wait, async {
+            loop {
+                let freed = self.freed.notified();
+                tokio::pin!(freed);
+                // Registered before the check, so a release in between is not missed.
+                freed.as_mut().enable();
+                if let Some(s) = self.try_take() {
+                    return s;
+                }
+                freed.await;
+            }
+        })
+        .await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        waited.ok()
+    }
+
+    /// Requests in flight now.
+    pub(crate) fn in_use(&self) -> u32 {
+        self.in_use.load(Ordering::Relaxed).min(self.max)
+    }
+
+    /// Requests waiting now.
+    pub(crate) fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_then_pending_then_refused() {
+        let s = Slots::new(2, 1);
+        let a = s.take(Duration::from_millis(10)).await.expect("a");
+        let _b = s.take(Duration::from_millis(10)).await.expect("b");
+        assert!(s.take(Duration::from_millis(10)).await.is_none(), "waited and timed out");
+        let s2 = s.clone();
+        let waiter = tokio::spawn(async move { s2.take(Duration::from_secs(5)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.pending(), 1);
+        assert!(s.take(Duration::from_secs(5)).await.is_none(), "one waits already: refused at once");
+        drop(a);
+        assert!(waiter.await.expect("task"), "a freed slot goes to the waiter");
+        // The waiter's slot went back when its task ended: only `_b` is held.
+        assert_eq!((s.in_use(), s.pending()), (1, 0));
+    }
+}
