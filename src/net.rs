@@ -25,29 +25,38 @@ pub enum DialError {
     Timeout,
 }
 
-async fn resolve(authority: &Authority) -> Result<SocketAddr, DialError> {
+async fn resolve(authority: &Authority) -> Result<Vec<SocketAddr>, DialError> {
     let host = authority.host();
     let port = authority.port_u16().unwrap_or(80);
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse() {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    tokio::net::lookup_host((host, port))
-        .await
-        .map_err(DialError::Resolve)?
-        .next()
-        .ok_or_else(|| DialError::Resolve(io::Error::new(io::ErrorKind::NotFound, "no address")))
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host((host, port)).await.map_err(DialError::Resolve)?.take(8).collect();
+    if addrs.is_empty() {
+        return Err(DialError::Resolve(io::Error::new(io::ErrorKind::NotFound, "no address")));
+    }
+    Ok(addrs)
 }
 
-/// Resolve `authority` and connect to it, all within `limit`. Nagle is turned off.
+/// Resolve `authority` and connect to it, all within `limit`; the addresses a name resolves
+/// to are tried in turn (`localhost` may be `::1` first while the target listens on
+/// 127.0.0.1). Nagle is turned off.
 pub async fn dial(authority: &Authority, limit: Duration) -> Result<TcpStream, DialError> {
     let started = Instant::now();
-    let addr = tokio::time::timeout(limit, resolve(authority)).await.map_err(|_| DialError::Timeout)??;
-    let left = limit.saturating_sub(started.elapsed());
-    let stream = tokio::time::timeout(left, TcpStream::connect(addr))
-        .await
-        .map_err(|_| DialError::Timeout)?
-        .map_err(DialError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+    let addrs = tokio::time::timeout(limit, resolve(authority)).await.map_err(|_| DialError::Timeout)??;
+    let mut last = None;
+    for addr in addrs {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, TcpStream::connect(addr)).await {
+            Err(_) => return Err(DialError::Timeout),
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = Some(e),
+        }
+    }
+    Err(DialError::Connect(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))))
 }

@@ -354,6 +354,13 @@ async fn health_survives_a_reload_and_probes_follow_the_new_config() {
         let (status, _, body) = get(&gw.url("/r")).await;
         assert_eq!((status, body.as_str()), (200, "good"));
     }
+    // Without active checks their old verdict no longer holds; retries cover the dead one.
+    gw.rewrite(&config(&format!("    targets: {}", urls(&[good.addr, dead])), "")).await.expect("reload");
+    assert_eq!(gw.target_state("up", dead), "healthy");
+    for _ in 0..10 {
+        let (status, _, body) = get(&gw.url("/r")).await;
+        assert_eq!((status, body.as_str()), (200, "good"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +383,13 @@ async fn admin_api_needs_its_token() {
     }
     let (s, v) = gw.admin_get("/api/v1/status", Some(token)).await;
     assert_eq!(s, 200);
+    // The scheme is case-insensitive.
+    let addr = gw.gw.admin_addr().expect("admin");
+    let req = Request::get(format!("http://{addr}/api/v1/status"))
+        .header("authorization", format!("bearer {token}"))
+        .body(full(""))
+        .expect("req");
+    assert_eq!(send(req).await.0, 200);
     assert_eq!(v["config_version"], 1);
     assert_eq!(v["upstreams"][0]["name"], "up");
     assert_eq!(v["upstreams"][0]["targets"][0]["state"], "healthy");
@@ -390,4 +404,21 @@ async fn admin_api_needs_its_token() {
     let gw2 = TestGateway::start(&config(&format!("    targets: {}", urls(&[a.addr])), "")).await;
     let (s, _) = gw2.admin_get("/api/v1/status", Some(token)).await;
     assert_eq!(s, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_no_while_draining() {
+    let slow = TestUpstream::start("slow").await;
+    slow.delay_ms.store(600, Ordering::SeqCst);
+    let gw = TestGateway::start(&config(&format!("    targets: {}", urls(&[slow.addr])), "")).await;
+    let url = gw.url("/slow");
+    let inflight = tokio::spawn(async move { get(&url).await.0 });
+    assert!(until(Duration::from_secs(5), || slow.count() == 1).await);
+    let g = gw.gw.clone();
+    let drain = tokio::spawn(async move { g.shutdown(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (s, v) = gw.admin_get("/readyz", None).await;
+    assert_eq!((s, v["status"].as_u64()), (503, Some(503)));
+    assert_eq!(inflight.await.expect("task"), 200);
+    assert!(drain.await.expect("task"), "drained");
 }

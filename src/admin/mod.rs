@@ -6,7 +6,6 @@
 //! the running node through the [`Node`] trait, which the server implements, so data flows
 //! one way: the server hands the admin API a view; the admin API never reaches into it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,11 +78,11 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
 }
 
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .map(<[u8]>::trim_ascii);
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let presented = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).and_then(|v| {
+        let (scheme, rest) = v.split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
+    });
     let ok = match (&st.token, presented) {
         // Constant time in the token's bytes (a length mismatch is refused at once).
         (Some(want), Some(got)) => bool::from(want.as_ref().ct_eq(got)),
@@ -160,9 +159,13 @@ fn router(node: Arc<dyn Node>, token: Option<Arc<[u8]>>) -> Router {
 /// Serve the admin API on `sock` until `stop` is cancelled. `token` is the bearer token
 /// that opens `/api/v1` (none: every such call is refused).
 pub async fn serve(sock: TcpListener, node: Arc<dyn Node>, token: Option<String>, stop: CancellationToken) {
-    let addr: Option<SocketAddr> = sock.local_addr().ok();
-    if token.is_none() {
-        tracing::warn!(addr = ?addr, "Admin API without a token: only /healthz and /readyz answer");
+    if let Ok(addr) = sock.local_addr() {
+        if token.is_none() {
+            tracing::warn!(addr = %addr, "Admin API without a token: only /healthz, /readyz and /api/v1/openapi.json answer");
+        }
+        if !addr.ip().is_loopback() {
+            tracing::warn!(addr = %addr, "Admin API listens beyond loopback: keep it behind a firewall");
+        }
     }
     let app = router(node, token.map(|t| Arc::from(t.into_bytes())));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

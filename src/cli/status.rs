@@ -18,6 +18,9 @@ fn admin_url(admin: Option<&str>, config: Option<&Path>) -> Result<String, Strin
     if let Some(path) = config {
         let cfg = crate::config::load(path).map_err(|e| e.to_string())?;
         let a = cfg.admin.ok_or_else(|| format!("{}: the config has no `admin` listener", path.display()))?;
+        if a.bind.port() == 0 {
+            return Err(format!("{}: admin.bind has port 0 (any free port): give --admin URL", path.display()));
+        }
         let host = if a.bind.ip().is_unspecified() {
             if a.bind.is_ipv6() { "[::1]".to_string() } else { "127.0.0.1".to_string() }
         } else if a.bind.is_ipv6() {

@@ -262,20 +262,24 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
     f.unsupported(d, "observability", "`observability` (access log, tracing)");
     f.unsupported(d, "cluster", "`cluster`");
     f.finish(d);
-    if let Some(a) = &admin
+    if let Some((a, pos)) = &admin
         && listeners.iter().any(|l| l.bind == a.bind && a.bind.port() != 0)
     {
-        d.err(root.pos, "admin.bind", format!("address {} is bound by a listener", a.bind));
+        d.err(*pos, "admin.bind", format!("address {} is bound by a listener", a.bind));
     }
+    let admin = admin.map(|(a, _)| a);
     Some(Config { node: node?, listeners, upstreams: upstreams.into_iter().map(|(u, _)| u).collect(), routes, admin })
 }
 
-fn decode_admin(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AdminConfig> {
+/// `admin:`, with the position of its `bind` (for a clash with a listener).
+fn decode_admin(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<(AdminConfig, Pos)> {
     let mut f = Fields::new(d, node, path)?;
     let mut bind = SocketAddr::from(([127, 0, 0, 1], 9901));
+    let mut pos = node.pos;
     if let Some((n, p)) = f.get("bind")
         && let Some(s) = scalar(d, n, &p)
     {
+        pos = n.pos;
         match s.parse::<SocketAddr>() {
             Ok(a) => bind = a,
             Err(_) => d.err(n.pos, &p, format!("invalid bind address `{s}`: expected IP:PORT like 127.0.0.1:9901")),
@@ -283,7 +287,7 @@ fn decode_admin(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AdminCon
     }
     f.unsupported(d, "public_metrics", "`public_metrics` (metrics)");
     f.finish(d);
-    Some(AdminConfig { bind })
+    Some((AdminConfig { bind }, pos))
 }
 
 fn default_node() -> NodeConfig {
@@ -733,6 +737,9 @@ fn decode_active(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<ActiveH
                     format!("invalid status `{s}`: expected a code like 200 or a range like 200-399"),
                 ),
             }
+        }
+        if ranges.is_empty() && matches!(n.kind, Kind::Seq(_)) {
+            d.err(n.pos, &p, "at least one status or range is required");
         }
         if !ranges.is_empty() {
             a.statuses = ranges;

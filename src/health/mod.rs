@@ -240,6 +240,19 @@ impl TargetHealth {
         self.changed();
     }
 
+    /// Active checks are no longer configured: their last verdict no longer holds.
+    pub fn forget_probes(&self) {
+        let mut info = self.info.lock();
+        info.last_probe = None;
+        if self.probed_down.swap(false, Ordering::AcqRel) {
+            if !self.ejected.load(Ordering::Relaxed) {
+                self.came_back(&mut info, "active checks removed from the config");
+            }
+            drop(info);
+            self.changed();
+        }
+    }
+
     /// The view the admin API shows.
     pub fn status(&self) -> TargetStatus {
         let info = self.info.lock();
@@ -313,7 +326,8 @@ impl Group {
         // The cap counts the member's own tier (primaries or backups).
         let tier = self.members.iter().filter(|o| o.backup == m.backup);
         let size = tier.clone().count();
-        let out = tier.filter(|o| o.ejected.load(Ordering::Relaxed)).count();
+        // Out already: ejected, or taken out by the probes.
+        let out = tier.filter(|o| !o.available()).count();
         let allowed = size * usize::from(self.passive.max_ejected) / 100;
         if out >= allowed {
             tracing::debug!(upstream = %self.upstream, target = %m.authority, ejected = out, allowed, "Not ejecting: ejection cap reached");

@@ -114,6 +114,7 @@ pub(crate) struct Inner {
     path: Option<PathBuf>,
     started: tokio::time::Instant,
     admin: Option<SocketAddr>,
+    admin_stop: CancellationToken,
 }
 
 /// Settings of a start that do not come from the config file.
@@ -229,6 +230,7 @@ impl Gateway {
             path,
             started: tokio::time::Instant::now(),
             admin,
+            admin_stop: CancellationToken::new(),
         });
         let gw = Gateway { inner };
         if let Some(sock) = admin_sock {
@@ -236,8 +238,9 @@ impl Gateway {
                 tracing::info!(addr = %a, "Admin API listening");
             }
             let node: Arc<dyn crate::admin::Node> = Arc::new(NodeView(gw.inner.clone()));
-            let stop = gw.inner.shared.shutdown.child_token();
-            gw.inner.tracker.spawn(crate::admin::serve(sock, node, options.admin_token, stop));
+            // Not the tracker's: the admin API keeps answering (/readyz: 503) while requests
+            // drain, and stops after.
+            tokio::spawn(crate::admin::serve(sock, node, options.admin_token, gw.inner.admin_stop.clone()));
         }
         for (l, sock) in bound {
             gw.spawn_listener(&l, sock);
@@ -371,6 +374,7 @@ impl Gateway {
         self.inner.shared.shutdown.cancel();
         self.inner.tracker.close();
         let drained = tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok();
+        self.inner.admin_stop.cancel();
         self.inner.listeners.lock().clear();
         drained
     }

@@ -310,19 +310,22 @@ fn smooth_sequence(set: &[u16], members: &[Candidate]) -> Box<[u16]> {
     out.into_boxed_slice()
 }
 
-/// A hash ring with `weight × 160` points per member (fewer if there are very many). A
+/// A hash ring with `weight × 160` points per member (scaled down to 65,536 in all). A
 /// member's points depend only on its key, so a change in the set moves only the keys of
 /// the members that came or went.
 fn ring(set: &[u16], members: &[Candidate], keys: &[&str]) -> Box<[(u64, u16)]> {
-    let total: u32 = set.iter().map(|&i| members[usize::from(i)].weight.max(1) * POINTS_PER_WEIGHT).sum();
-    let per_weight =
-        if total > MAX_POINTS { (POINTS_PER_WEIGHT * MAX_POINTS / total.max(1)).max(1) } else { POINTS_PER_WEIGHT };
-    let mut points = Vec::with_capacity(total.min(MAX_POINTS) as usize + set.len());
+    let weight = |i: u16| u64::from(members[usize::from(i)].weight.max(1));
+    let total: u64 = set.iter().map(|&i| weight(i) * u64::from(POINTS_PER_WEIGHT)).sum();
+    // Scaled down to at most MAX_POINTS in all (each member keeps at least one point).
+    let points_of = |i: u16| -> u64 {
+        let full = weight(i) * u64::from(POINTS_PER_WEIGHT);
+        if total <= u64::from(MAX_POINTS) { full } else { (full * u64::from(MAX_POINTS) / total).max(1) }
+    };
+    let mut points = Vec::with_capacity(set.iter().map(|&i| points_of(i) as usize).sum());
     for &i in set {
-        let m = &members[usize::from(i)];
         let base = hash_bytes(keys.get(usize::from(i)).copied().unwrap_or("").as_bytes());
-        for v in 0..m.weight.max(1) * per_weight {
-            points.push((mix(base ^ u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15)), i));
+        for v in 0..points_of(i) {
+            points.push((mix(base ^ v.wrapping_mul(0x9e37_79b9_7f4a_7c15)), i));
         }
     }
     points.sort_unstable();
@@ -335,6 +338,18 @@ mod tests {
 
     fn cands(weights: &[u32]) -> Vec<Candidate> {
         weights.iter().map(|&w| Candidate { available: true, backup: false, weight: w, back_at: None }).collect()
+    }
+
+    #[test]
+    fn ring_size_is_capped() {
+        let m: Vec<Candidate> =
+            (0..1024).map(|_| Candidate { available: true, backup: false, weight: 1000, back_at: None }).collect();
+        let set: Vec<u16> = (0..1024).collect();
+        let names: Vec<String> = (0..1024).map(|i| format!("t{i}")).collect();
+        let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+        let r = ring(&set, &m, &keys);
+        assert!(r.len() <= MAX_POINTS as usize + 1024, "{}", r.len());
+        assert!(r.len() >= 1024);
     }
 
     #[test]

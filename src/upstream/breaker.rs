@@ -1,8 +1,8 @@
 //! Circuit breaking: at most `max_connections` requests in flight to an upstream, at most
 //! `max_pending` more waiting for one of those slots; the rest are refused at once.
 //!
-//! The fast path is one atomic add (and one subtract on release); only when the upstream is
-//! full does a request touch the wait queue.
+//! The fast path is one compare-and-swap (and one subtract on release); only when the
+//! upstream is full does a request touch the wait queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -45,11 +45,11 @@ impl Slots {
     }
 
     fn try_take(self: &Arc<Self>) -> Option<Slot> {
-        if self.in_use.fetch_add(1, Ordering::AcqRel) < self.max {
-            return Some(Slot(self.clone()));
-        }
-        self.in_use.fetch_sub(1, Ordering::AcqRel);
-        None
+        // A compare-and-swap, not add-then-undo: a full upstream never looks fuller than it is.
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(self.clone()))
     }
 
     /// A slot at once, or after waiting up to `wait` if fewer than `max_pending` requests
@@ -81,7 +81,7 @@ impl Slots {
 
     /// Requests in flight now.
     pub(crate) fn in_use(&self) -> u32 {
-        self.in_use.load(Ordering::Relaxed).min(self.max)
+        self.in_use.load(Ordering::Relaxed)
     }
 
     /// Requests waiting now.

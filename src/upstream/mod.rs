@@ -46,6 +46,16 @@ use retry::Budget;
 pub struct PoolCache {
     // Cold path: locked only while a config is compiled.
     pools: Mutex<HashMap<(Authority, Duration), Arc<Pool>>>,
+    /// Circuit-breaker slots and retry budget per upstream name, kept while their settings
+    /// stay the same, so a reload neither doubles the in-flight limit nor refills the budget.
+    guards: Mutex<HashMap<String, Guards>>,
+}
+
+#[derive(Debug, Clone)]
+struct Guards {
+    settings: (u32, u32, u8),
+    slots: Arc<Slots>,
+    budget: Arc<Budget>,
 }
 
 impl PoolCache {
@@ -57,9 +67,27 @@ impl PoolCache {
             .clone()
     }
 
-    /// Drop the pools that none of `upstreams` uses.
+    fn guards(&self, cfg: &UpstreamConfig) -> Guards {
+        let settings = (cfg.limits.max_connections, cfg.limits.max_pending, cfg.retries.budget);
+        let mut all = self.guards.lock();
+        match all.get(&cfg.name) {
+            Some(g) if g.settings == settings => g.clone(),
+            _ => {
+                let g = Guards {
+                    settings,
+                    slots: Slots::new(cfg.limits.max_connections, cfg.limits.max_pending),
+                    budget: Arc::new(Budget::new(cfg.retries.budget)),
+                };
+                all.insert(cfg.name.clone(), g.clone());
+                g
+            }
+        }
+    }
+
+    /// Drop the pools and guards that none of `upstreams` uses.
     pub fn retain_used(&self, upstreams: &[Arc<Upstream>]) {
         self.pools.lock().retain(|_, p| upstreams.iter().any(|u| u.members.iter().any(|t| Arc::ptr_eq(&t.pool, p))));
+        self.guards.lock().retain(|_, g| upstreams.iter().any(|u| Arc::ptr_eq(&u.slots, &g.slots)));
     }
 }
 
@@ -141,7 +169,7 @@ pub struct Upstream {
     panic_threshold: u8,
     slow_start: Duration,
     retry: RetryConfig,
-    budget: Budget,
+    budget: Arc<Budget>,
     slots: Arc<Slots>,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -199,12 +227,16 @@ impl Upstream {
             });
             states.push(health.target(&cfg.name, &t.authority, backup));
         }
-        if let Some(active) = &cfg.health.active {
-            let active = Arc::new(active.clone());
-            for s in &states {
-                crate::health::active::spawn(s.clone(), active.clone(), stop.child_token());
+        match &cfg.health.active {
+            Some(active) => {
+                let active = Arc::new(active.clone());
+                for s in &states {
+                    crate::health::active::spawn(s.clone(), active.clone(), stop.child_token());
+                }
             }
+            None => states.iter().for_each(|s| s.forget_probes()),
         }
+        let guards = pools.guards(cfg);
         let up = Upstream {
             name: cfg.name.clone(),
             balance: cfg.balance.clone(),
@@ -217,8 +249,8 @@ impl Upstream {
             panic_threshold: cfg.health.panic_threshold,
             slow_start: cfg.health.slow_start,
             retry: cfg.retries.clone(),
-            budget: Budget::new(cfg.retries.budget),
-            slots: Slots::new(cfg.limits.max_connections, cfg.limits.max_pending),
+            budget: guards.budget,
+            slots: guards.slots,
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             idle_timeout: cfg.idle_timeout,
@@ -265,7 +297,10 @@ impl Upstream {
                 epoch.fetch_add(1, Ordering::Release);
             });
         }
-        if live.mode != self.live.load().mode {
+        let before = self.live.load();
+        // The first view (built with the upstream) logs only if it does not serve normally.
+        let first = before.epoch == u64::MAX;
+        if live.mode != before.mode && !(first && live.mode == Mode::Primary) {
             match live.mode {
                 Mode::Primary => tracing::info!(upstream = %self.name, "Serving from primary targets"),
                 Mode::Backup => {
@@ -310,8 +345,8 @@ impl Upstream {
         mut req: Request<ProxyBody>,
         call: Call<'_>,
     ) -> Result<(Response<Incoming>, Option<Loan>), GatewayError> {
-        self.budget.deposit();
         let slot = self.admit().await?;
+        self.budget.deposit();
         // HTTP/1.1 upstream requests use origin-form; Host carries the authority.
         *req.uri_mut() = Uri::from(call.path);
         *req.version_mut() = Version::HTTP_11;
