@@ -150,8 +150,6 @@ impl Failure {
 struct Failed {
     error: GatewayError,
     kind: Failure,
-    /// The request, if it never left the gateway.
-    unsent: Option<Request<ProxyBody>>,
 }
 
 /// One upstream of a config version.
@@ -345,7 +343,7 @@ impl Upstream {
         mut req: Request<ProxyBody>,
         call: Call<'_>,
     ) -> Result<(Response<Incoming>, Option<Loan>), GatewayError> {
-        let slot = self.admit().await?;
+        let admitted = self.admit().await?;
         self.budget.deposit();
         // HTTP/1.1 upstream requests use origin-form; Host carries the authority.
         *req.uri_mut() = Uri::from(call.path);
@@ -362,6 +360,8 @@ impl Upstream {
             req.body_mut().keep(self.retry.max_body);
         }
         let mut tried = Tried::default();
+        // The request for the next attempt; put back by an attempt that never sent it.
+        let mut pending = Some(req);
         loop {
             let i = {
                 let live = self.live();
@@ -377,9 +377,12 @@ impl Upstream {
             let idx = usize::from(i);
             let more = tried.len() < attempts;
             // Whatever a resend would need, taken before the request is given away.
-            let again = (resend && more).then(|| (head_of(&req), req.body().replayer()));
+            let again = match &pending {
+                Some(req) if resend && more => Some((head_of(req), req.body().replayer())),
+                _ => None,
+            };
             let in_flight = self.health.members()[idx].start_request();
-            match self.attempt(idx, req, call.body).await {
+            match self.attempt(idx, &mut pending, call.body).await {
                 Ok((res, tx)) => {
                     let status = res.status();
                     if status.is_server_error() {
@@ -392,10 +395,10 @@ impl Upstream {
                         && self.budget.withdraw()
                     {
                         tracing::debug!(upstream = %self.name, target = %self.members[idx].authority, status = status.as_u16(), "Retrying on another target");
-                        req = r;
+                        pending = Some(r);
                         continue;
                     }
-                    let held = Held { _in_flight: in_flight, _slot: slot };
+                    let held = Held { _in_flight: in_flight, _slot: admitted };
                     let loan = Loan::new(tx, self.members[idx].pool.clone(), held);
                     if http_body::Body::is_end_stream(res.body()) {
                         loan.give_back();
@@ -403,22 +406,25 @@ impl Upstream {
                     }
                     return Ok((res, Some(loan)));
                 }
-                Err(Failed { error, kind, unsent }) => {
+                Err(Failed { error, kind }) => {
                     if kind != Failure::Client {
                         self.health.record_failure(idx, kind.as_str());
                     }
-                    let next = match (kind, unsent) {
-                        (Failure::Connect, Some(r)) if self.retry.on_connect_failure => Some(r),
-                        (Failure::Reset, _) if self.retry.on_reset => again.as_ref().and_then(rebuild),
-                        (Failure::Timeout, _) if self.retry.on_timeout => again.as_ref().and_then(rebuild),
-                        _ => None,
+                    let retry = match kind {
+                        // Never sent: the same request goes out again, whatever its method.
+                        Failure::Connect => self.retry.on_connect_failure && pending.is_some(),
+                        Failure::Reset if self.retry.on_reset => {
+                            pending = again.as_ref().and_then(rebuild);
+                            pending.is_some()
+                        }
+                        Failure::Timeout if self.retry.on_timeout => {
+                            pending = again.as_ref().and_then(rebuild);
+                            pending.is_some()
+                        }
+                        _ => false,
                     };
-                    if let Some(r) = next
-                        && more
-                        && self.budget.withdraw()
-                    {
+                    if retry && more && self.budget.withdraw() {
                         tracing::debug!(upstream = %self.name, target = %self.members[idx].authority, failure = kind.as_str(), "Retrying on another target");
-                        req = r;
                         continue;
                     }
                     return Err(error);
@@ -427,56 +433,64 @@ impl Upstream {
         }
     }
 
-    /// One try on member `idx`.
+    /// One try on member `idx` with the request in `slot`. If the request never left the
+    /// gateway, it is back in `slot` when this returns (it is passed by reference so that
+    /// the large request is not moved through every layer of futures).
     async fn attempt(
         &self,
         idx: usize,
-        mut req: Request<ProxyBody>,
+        slot: &mut Option<Request<ProxyBody>>,
         progress: Option<&BodyProgress>,
     ) -> Result<(Response<Incoming>, pool::Sender), Failed> {
         let member = &self.members[idx];
-        if !req.headers().contains_key(http::header::HOST)
-            && let Ok(h) = http::HeaderValue::from_str(member.authority.as_str())
-        {
-            req.headers_mut().insert(http::header::HOST, h);
+        let mut progress = progress;
+        if let Some(req) = slot.as_mut() {
+            if !req.headers().contains_key(http::header::HOST)
+                && let Ok(h) = http::HeaderValue::from_str(member.authority.as_str())
+            {
+                req.headers_mut().insert(http::header::HOST, h);
+            }
+            // Only the client's live body has upload progress; a replayed one is in memory.
+            if !matches!(req.body(), ProxyBody::Stream { .. }) {
+                progress = None;
+            }
         }
-        // Only the client's live body has upload progress; a replayed one is in memory.
-        let progress = if matches!(req.body(), ProxyBody::Stream { .. }) { progress } else { None };
         let exchange = async {
-            let mut req = req;
             let mut resends = 0;
             loop {
                 let (mut tx, reused) = match member.pool.checkout().await {
                     Ok(x) => x,
-                    Err(e) => {
-                        return Err(Failed { error: self.connect_error(e), kind: Failure::Connect, unsent: Some(req) });
-                    }
+                    Err(e) => return Err(Failed { error: self.connect_error(e), kind: Failure::Connect }),
+                };
+                let Some(req) = slot.take() else {
+                    return Err(Failed {
+                        error: GatewayError::BadRequest("request already sent"),
+                        kind: Failure::Client,
+                    });
                 };
                 match tx.try_send_request(req).await {
                     Ok(res) => return Ok((res, tx)),
                     Err(mut e) => {
                         let unsent = e.take_message();
                         let source = e.into_error();
-                        match unsent {
+                        let never_sent = unsent.is_some();
+                        *slot = unsent;
+                        if never_sent && reused && resends < 3 {
                             // Not sent at all: send it again on another connection.
-                            Some(r) if reused && resends < 3 => {
-                                resends += 1;
-                                req = r;
-                            }
-                            Some(r) => {
-                                let error = GatewayError::Upstream { upstream: self.name.clone(), source };
-                                return Err(Failed { error, kind: Failure::Connect, unsent: Some(r) });
-                            }
-                            None => {
-                                let kind = if cause_ref::<BodyError>(&source).is_some() {
-                                    Failure::Client
-                                } else {
-                                    Failure::Reset
-                                };
-                                let error = GatewayError::Upstream { upstream: self.name.clone(), source };
-                                return Err(Failed { error, kind, unsent: None });
-                            }
+                            resends += 1;
+                            continue;
                         }
+                        let kind = if never_sent {
+                            Failure::Connect
+                        } else if cause_ref::<BodyError>(&source).is_some() {
+                            Failure::Client
+                        } else {
+                            Failure::Reset
+                        };
+                        return Err(Failed {
+                            error: GatewayError::Upstream { upstream: self.name.clone(), source },
+                            kind,
+                        });
                     }
                 }
             }
@@ -506,7 +520,6 @@ impl Upstream {
             () = expired => Err(Failed {
                 error: GatewayError::UpstreamTimeout { upstream: self.name.clone() },
                 kind: Failure::Timeout,
-                unsent: None,
             }),
         }
     }
