@@ -28,6 +28,9 @@ pub enum GatewayError {
         /// The limit in force.
         limit: u64,
     },
+    /// The request body did not arrive within the listener's `body_timeout`.
+    #[error("the request body was not received in time")]
+    BodyTimeout,
     /// The upstream has no target to send to.
     #[error("upstream `{upstream}` has no available target")]
     NoTarget {
@@ -112,6 +115,9 @@ impl GatewayError {
                 "Content Too Large",
                 format!("the request body is larger than {limit} bytes"),
             ),
+            GatewayError::BodyTimeout => {
+                (StatusCode::REQUEST_TIMEOUT, "Request Timeout", "the request body was not received in time".into())
+            }
             GatewayError::NoTarget { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable",

@@ -422,3 +422,25 @@ async fn readyz_says_no_while_draining() {
     assert_eq!(inflight.await.expect("task"), 200);
     assert!(drain.await.expect("task"), "drained");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_the_clients_fault_not_the_targets() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let up = format!(
+        "    targets: {}\n    health:\n      passive: {{ consecutive_failures: 2, eject_for: 1m }}",
+        urls(&[a.addr, b.addr])
+    );
+    let yaml = config(&up, "")
+        .replace("bind: \"127.0.0.1:0\"\nadmin", "bind: \"127.0.0.1:0\"\n    limits: { body_timeout: 300ms }\nadmin");
+    let gw = TestGateway::start(&yaml).await;
+    for _ in 0..6 {
+        // Half a body, then nothing: the body deadline passes while the upstream waits for it.
+        let head = b"POST /collect HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789";
+        let (resp, _) = raw_exchange(gw.addr(), head, Duration::from_secs(5)).await;
+        assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    }
+    for t in [a.addr, b.addr] {
+        assert_eq!(gw.target_state("up", t), "healthy", "a slow client must not get a target ejected");
+    }
+}

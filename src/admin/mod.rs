@@ -27,6 +27,8 @@ use crate::upstream::UpstreamStatus;
 
 /// Concurrent admin connections; more are closed at accept.
 const MAX_CONNECTIONS: usize = 64;
+/// Shortest admin token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
 /// Time allowed for an admin request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -91,12 +93,10 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
     if ok {
         return next.run(req).await;
     }
-    let detail = if st.token.is_none() {
-        "no admin token is configured on this node (set PORTCULLIS_ADMIN_TOKEN when starting it)"
-    } else {
-        "a valid admin token is required: Authorization: Bearer TOKEN"
-    };
-    tracing::warn!(path = %req.uri().path(), "Admin API: request without a valid token refused");
+    // The same answer whether or not the node has a token: callers learn nothing. Logged at
+    // debug: anyone who can reach the listener could otherwise flood the log.
+    tracing::debug!(path = %req.uri().path(), token_configured = st.token.is_some(), "Admin API: request without a valid token refused");
+    let detail = "a valid admin token is required: Authorization: Bearer TOKEN";
     let mut res = problem(StatusCode::UNAUTHORIZED, "Unauthorized", detail);
     res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"portcullis-admin\""));
     res
@@ -159,6 +159,8 @@ fn router(node: Arc<dyn Node>, token: Option<Arc<[u8]>>) -> Router {
 /// Serve the admin API on `sock` until `stop` is cancelled. `token` is the bearer token
 /// that opens `/api/v1` (none: every such call is refused).
 pub async fn serve(sock: TcpListener, node: Arc<dyn Node>, token: Option<String>, stop: CancellationToken) {
+    // A short token is no lock at all: treated as none.
+    let token = token.filter(|t| t.len() >= MIN_TOKEN_LEN);
     if let Ok(addr) = sock.local_addr() {
         if token.is_none() {
             tracing::warn!(addr = %addr, "Admin API without a token: only /healthz, /readyz and /api/v1/openapi.json answer");

@@ -135,7 +135,7 @@ pub(crate) fn load_or_report(path: &Path) -> Option<(Config, u64)> {
 pub(crate) fn admin_token_from_env() -> Option<String> {
     let t = std::env::var("PORTCULLIS_ADMIN_TOKEN").ok()?;
     let t = t.trim().to_string();
-    if t.len() < 16 {
+    if t.len() < crate::admin::MIN_TOKEN_LEN {
         tracing::warn!("PORTCULLIS_ADMIN_TOKEN is shorter than 16 characters: ignored, the admin API stays locked");
         return None;
     }

@@ -471,8 +471,9 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
             let (pos, p) = balance_pos.unwrap_or((item.pos, join(&ip, "balance")));
             d.err(pos, &p, "`hash_on` is set, so `balance` must be `consistent_hash`");
         }
-        let targets = decode_targets(d, &mut f, item, &ip, "targets", true);
-        let backup = decode_targets(d, &mut f, item, &ip, "backup", false);
+        let mut seen = HashMap::new();
+        let targets = decode_targets(d, &mut f, item, &ip, "targets", true, &mut seen);
+        let backup = decode_targets(d, &mut f, item, &ip, "backup", false, &mut seen);
         let (mut connect, mut response, mut idle) =
             (Duration::from_secs(2), Duration::from_secs(30), Duration::from_secs(300));
         if let Some((n, p)) = f.get("timeouts")
@@ -572,7 +573,9 @@ fn decode_hash_on(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<HashOn
     bad(d)
 }
 
-/// `targets` (required, at least one) or `backup` (optional) of an upstream.
+/// `targets` (required, at least one) or `backup` (optional) of an upstream. `seen` holds
+/// the targets of the upstream so far: one target listed twice is refused (its weight says
+/// how much traffic it gets).
 fn decode_targets(
     d: &mut Decoder<'_>,
     f: &mut Fields<'_>,
@@ -580,6 +583,7 @@ fn decode_targets(
     ip: &str,
     key: &'static str,
     required: bool,
+    seen: &mut HashMap<http::uri::Authority, String>,
 ) -> Vec<TargetConfig> {
     let mut out: Vec<TargetConfig> = Vec::new();
     match f.get(key) {
@@ -593,8 +597,20 @@ fn decode_targets(
             }
             for (j, t) in items.iter().enumerate() {
                 let tp = format!("{p}[{j}]");
-                if let Some(t) = decode_target(d, t, &tp) {
-                    out.push(t);
+                if let Some(target) = decode_target(d, t, &tp) {
+                    if let Some(first) = seen.get(&target.authority) {
+                        d.err(
+                            t.pos,
+                            &tp,
+                            format!(
+                                "{} is listed already as {first}; list a target once and give it a `weight`",
+                                target.authority
+                            ),
+                        );
+                        continue;
+                    }
+                    seen.insert(target.authority.clone(), tp.clone());
+                    out.push(target);
                 }
             }
         }

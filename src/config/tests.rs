@@ -251,6 +251,7 @@ fn bad_upstream_settings() {
         ("    retries: { on: [\"200\"] }", "unknown retry condition `200`"),
         ("    limits: { max_connections: 0 }", "limits.max_connections"),
         ("    tls: {}", "TLS to upstreams (`tls`) is not supported yet"),
+        ("    backup: [{ url: \"http://127.0.0.1:2/\" }]", "127.0.0.1:2 is listed already as upstreams[0].targets[0]"),
     ];
     for (up, want) in cases {
         let e = errors(&with(up));

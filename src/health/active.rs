@@ -21,6 +21,7 @@ use crate::config::ActiveHealth;
 
 /// Start probing `target` until `stop` is cancelled.
 pub fn spawn(target: Arc<TargetHealth>, cfg: Arc<ActiveHealth>, stop: CancellationToken) {
+    let generation = target.new_probes();
     tokio::spawn(async move {
         // The first probe soon, but not in step with every other target.
         let mut wait =
@@ -39,12 +40,12 @@ pub fn spawn(target: Arc<TargetHealth>, cfg: Arc<ActiveHealth>, stop: Cancellati
                 Ok(detail) => {
                     passes = passes.saturating_add(1);
                     fails = 0;
-                    target.probed(true, detail, passes >= cfg.healthy_after);
+                    target.probed(generation, true, detail, passes >= cfg.healthy_after);
                 }
                 Err(detail) => {
                     fails = fails.saturating_add(1);
                     passes = 0;
-                    target.probed(false, detail, fails >= cfg.unhealthy_after);
+                    target.probed(generation, false, detail, fails >= cfg.unhealthy_after);
                 }
             }
             wait = jitter(cfg.interval);

@@ -28,29 +28,31 @@ use crate::observe::rfc3339;
 pub struct HealthCache {
     // Cold path: locked only while a config is compiled.
     targets: Mutex<HashMap<(String, Authority, bool), Arc<TargetHealth>>>,
-    /// Bumped by every change of any target's availability; balancers compare it with the
-    /// value their view was built at.
-    epoch: Arc<AtomicU64>,
+    /// Per upstream name: bumped by every change of one of its targets' availability; its
+    /// balancer compares it with the value its view was built at.
+    epochs: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl HealthCache {
     /// The state of `authority` as a primary (or backup) target of `upstream`.
     pub fn target(&self, upstream: &str, authority: &Authority, backup: bool) -> Arc<TargetHealth> {
+        let epoch = self.epoch(upstream);
         self.targets
             .lock()
             .entry((upstream.to_string(), authority.clone(), backup))
-            .or_insert_with(|| Arc::new(TargetHealth::new(upstream, authority.clone(), backup, self.epoch.clone())))
+            .or_insert_with(|| Arc::new(TargetHealth::new(upstream, authority.clone(), backup, epoch)))
             .clone()
     }
 
-    /// Forget targets no group in `groups` uses.
+    /// Forget targets (and upstreams) no group in `groups` uses.
     pub fn retain_used<'a>(&self, groups: impl Iterator<Item = &'a Group> + Clone) {
         self.targets.lock().retain(|_, t| groups.clone().any(|g| g.members.iter().any(|m| Arc::ptr_eq(m, t))));
+        self.epochs.lock().retain(|name, _| groups.clone().any(|g| g.upstream == *name));
     }
 
-    /// The current change counter.
-    pub fn epoch(&self) -> &Arc<AtomicU64> {
-        &self.epoch
+    /// The change counter of one upstream's targets.
+    pub fn epoch(&self, upstream: &str) -> Arc<AtomicU64> {
+        self.epochs.lock().entry(upstream.to_string()).or_default().clone()
     }
 }
 
@@ -70,6 +72,9 @@ pub struct TargetHealth {
     in_flight: AtomicU32,
     /// Identifies the current ejection, so an old timer never ends a newer one.
     eject_gen: AtomicU64,
+    /// Identifies the current set of probe tasks: results of older ones (a config version
+    /// being replaced) are ignored.
+    probe_gen: AtomicU64,
     // Cold: touched on state changes and by the status view only.
     info: Mutex<Info>,
 }
@@ -83,6 +88,8 @@ struct Info {
     last_back: Option<Instant>,
     back_at: Option<Instant>,
     last_probe: Option<ProbeStatus>,
+    /// The timer that ends the current ejection.
+    eject_timer: Option<tokio::task::AbortHandle>,
 }
 
 /// The last active probe of a target.
@@ -146,6 +153,7 @@ impl TargetHealth {
             failures: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             eject_gen: AtomicU64::new(0),
+            probe_gen: AtomicU64::new(0),
             info: Mutex::new(Info {
                 since: SystemTime::now(),
                 reason: None,
@@ -154,6 +162,7 @@ impl TargetHealth {
                 last_back: None,
                 back_at: None,
                 last_probe: None,
+                eject_timer: None,
             }),
         }
     }
@@ -198,9 +207,20 @@ impl TargetHealth {
         tracing::info!(upstream = %self.upstream, target = %self.authority, why, "Target back in rotation");
     }
 
-    /// Record an active probe. Returns true if the target's availability changed.
-    pub(crate) fn probed(&self, ok: bool, detail: String, flip: bool) -> bool {
+    /// New probe tasks start: from now on only results stamped with the returned
+    /// generation count.
+    pub(crate) fn new_probes(&self) -> u64 {
+        self.probe_gen.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Record an active probe of generation `generation`. Returns true if the target's
+    /// availability changed.
+    pub(crate) fn probed(&self, generation: u64, ok: bool, detail: String, flip: bool) -> bool {
         let mut info = self.info.lock();
+        // Checked under the lock that `forget_probes` takes too.
+        if self.probe_gen.load(Ordering::Acquire) != generation {
+            return false;
+        }
         info.last_probe = Some(ProbeStatus { at: rfc3339(SystemTime::now()), ok, detail: detail.clone() });
         if !flip || self.probed_down.load(Ordering::Relaxed) != ok {
             return false;
@@ -212,6 +232,9 @@ impl TargetHealth {
             if self.ejected.swap(false, Ordering::AcqRel) {
                 self.eject_gen.fetch_add(1, Ordering::AcqRel);
                 self.failures.store(0, Ordering::Relaxed);
+                if let Some(t) = info.eject_timer.take() {
+                    t.abort();
+                }
             }
             self.came_back(&mut info, "active probes pass");
         } else {
@@ -225,10 +248,13 @@ impl TargetHealth {
     }
 
     fn uneject(&self, generation: u64) {
+        let mut info = self.info.lock();
+        // Under the lock every ejection and early end takes: this timer's ejection is still
+        // the current one.
         if self.eject_gen.load(Ordering::Acquire) != generation || !self.ejected.load(Ordering::Acquire) {
             return;
         }
-        let mut info = self.info.lock();
+        info.eject_timer = None;
         self.ejected.store(false, Ordering::Release);
         self.failures.store(0, Ordering::Relaxed);
         if self.probed_down.load(Ordering::Relaxed) {
@@ -243,6 +269,7 @@ impl TargetHealth {
     /// Active checks are no longer configured: their last verdict no longer holds.
     pub fn forget_probes(&self) {
         let mut info = self.info.lock();
+        self.probe_gen.fetch_add(1, Ordering::AcqRel);
         info.last_probe = None;
         if self.probed_down.swap(false, Ordering::AcqRel) {
             if !self.ejected.load(Ordering::Relaxed) {
@@ -345,6 +372,14 @@ impl Group {
         info.reason = Some(format!("{n} consecutive failures (last: {what})"));
         let generation = m.eject_gen.fetch_add(1, Ordering::AcqRel) + 1;
         m.ejected.store(true, Ordering::Release);
+        let target = m.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(span).await;
+            target.uneject(generation);
+        });
+        if let Some(old) = info.eject_timer.replace(timer.abort_handle()) {
+            old.abort();
+        }
         tracing::warn!(
             upstream = %self.upstream, target = %m.authority, failures = n, last = what,
             ejection = info.ejections, eject_for_ms = span.as_millis() as u64,
@@ -352,11 +387,6 @@ impl Group {
         );
         drop(info);
         m.changed();
-        let m = m.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(span).await;
-            m.uneject(generation);
-        });
     }
 
     /// Status of every member.

@@ -39,12 +39,20 @@ pub struct BodyProgress {
     // Locked once when the body ends and once or twice by the pipeline.
     done_at: parking_lot::Mutex<Option<Instant>>,
     deadline: Instant,
+    /// The last read of the body found no data from the client yet (as opposed to the body
+    /// not being read because the upstream is not taking it).
+    waiting_on_client: std::sync::atomic::AtomicBool,
 }
 
 impl BodyProgress {
     /// A body that must have arrived by `deadline` (the listener's `body_timeout`).
     pub fn new(deadline: Instant) -> Self {
-        BodyProgress { done_at: parking_lot::Mutex::new(None), deadline }
+        BodyProgress { done_at: parking_lot::Mutex::new(None), deadline, waiting_on_client: Default::default() }
+    }
+
+    /// Whether the body is stuck on the client (true) rather than on the upstream.
+    pub fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// When the whole body must have arrived.
@@ -115,6 +123,7 @@ impl Body for LimitedBody {
         };
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.progress.waiting_on_client.store(false, std::sync::atomic::Ordering::Relaxed);
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > *this.remaining {
@@ -133,6 +142,7 @@ impl Body for LimitedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                this.progress.waiting_on_client.store(true, std::sync::atomic::Ordering::Relaxed);
                 let deadline = *this.deadline;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if timer.as_mut().poll(cx).is_ready() {

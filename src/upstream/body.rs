@@ -50,6 +50,12 @@ impl Kept {
         }
     }
 
+    fn give_up(&self) {
+        let mut s = self.state.lock();
+        s.overflow = true;
+        s.chunks = Vec::new();
+    }
+
     fn finish(&self) {
         self.state.lock().complete = true;
     }
@@ -139,8 +145,10 @@ impl Body for ProxyBody {
                 if let Some(k) = keep {
                     match &r {
                         Poll::Ready(Some(Ok(f))) => {
-                            if let Some(d) = f.data_ref() {
-                                k.record(d);
+                            match f.data_ref() {
+                                Some(d) => k.record(d),
+                                // Trailers are not kept: such a body is not replayed.
+                                None => k.give_up(),
                             }
                             // hyper stops polling a body that says it has ended.
                             if body.is_end_stream() {

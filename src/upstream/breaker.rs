@@ -33,6 +33,15 @@ impl Drop for Slot {
     }
 }
 
+/// One request waiting for a slot.
+struct Waiting<'a>(&'a Slots);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Slots {
     pub(crate) fn new(max: u32, max_pending: u32) -> Arc<Slots> {
         Arc::new(Slots {
@@ -53,16 +62,20 @@ impl Slots {
     }
 
     /// A slot at once, or after waiting up to `wait` if fewer than `max_pending` requests
-    /// wait already; `None` means refused.
+    /// wait already; `None` means refused. Requests already waiting go first.
     pub(crate) async fn take(self: &Arc<Self>, wait: Duration) -> Option<Slot> {
-        if let Some(s) = self.try_take() {
+        if self.pending.load(Ordering::Acquire) == 0
+            && let Some(s) = self.try_take()
+        {
             return Some(s);
         }
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let waited = tokio::time::timeout(wait, async {
+        // Counted out however this ends, the request being dropped while it waits included.
+        let _waiting = Waiting(self);
+        tokio::time::timeout(wait, async {
             loop {
                 let freed = self.freed.notified();
                 tokio::pin!(freed);
@@ -74,9 +87,8 @@ impl Slots {
                 freed.await;
             }
         })
-        .await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        waited.ok()
+        .await
+        .ok()
     }
 
     /// Requests in flight now.
@@ -109,5 +121,18 @@ mod tests {
         assert!(waiter.await.expect("task"), "a freed slot goes to the waiter");
         // The waiter's slot went back when its task ended: only `_b` is held.
         assert_eq!((s.in_use(), s.pending()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_is_no_longer_counted() {
+        let s = Slots::new(1, 1);
+        let _a = s.take(Duration::from_millis(10)).await.expect("a");
+        let s2 = s.clone();
+        let waiter = tokio::spawn(async move { s2.take(Duration::from_secs(60)).await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.pending(), 1);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(s.pending(), 0, "a cancelled waiter leaves the queue");
     }
 }

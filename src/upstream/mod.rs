@@ -163,6 +163,8 @@ pub struct Upstream {
     epoch: Arc<AtomicU64>,
     // try_lock only: one request rebuilds a stale view, the others use the old one.
     rebuilding: Mutex<()>,
+    /// When the pending end-of-slow-start rebuild is due (cold: taken by rebuilds only).
+    ramp_timer: Mutex<Option<Instant>>,
     counter: AtomicUsize,
     panic_threshold: u8,
     slow_start: Duration,
@@ -241,8 +243,9 @@ impl Upstream {
             members,
             health: Group::new(&cfg.name, states, cfg.health.passive),
             live: ArcSwap::from_pointee(Live::build(u64::MAX, &Balance::RoundRobin, &[], &[], 0, Duration::ZERO)),
-            epoch: health.epoch().clone(),
+            epoch: health.epoch(&cfg.name),
             rebuilding: Mutex::new(()),
+            ramp_timer: Mutex::new(None),
             counter: AtomicUsize::new(0),
             panic_threshold: cfg.health.panic_threshold,
             slow_start: cfg.health.slow_start,
@@ -288,12 +291,16 @@ impl Upstream {
         let keys: Vec<&str> = self.members.iter().map(|m| m.key.as_str()).collect();
         let live = Live::build(epoch, &self.balance, &candidates, &keys, self.panic_threshold, self.slow_start);
         if let Some(end) = live.ramp_ends() {
-            // Rebuild when the ramp is over, so picks stop consulting the clock.
-            let epoch = self.epoch.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(end).await;
-                epoch.fetch_add(1, Ordering::Release);
-            });
+            let mut scheduled = self.ramp_timer.lock();
+            if scheduled.is_none_or(|t| t < end) {
+                *scheduled = Some(end);
+                // Rebuild when the ramp is over, so picks stop consulting the clock.
+                let epoch = self.epoch.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(end).await;
+                    epoch.fetch_add(1, Ordering::Release);
+                });
+            }
         }
         let before = self.live.load();
         // The first view (built with the upstream) logs only if it does not serve normally.
@@ -343,6 +350,10 @@ impl Upstream {
         mut req: Request<ProxyBody>,
         call: Call<'_>,
     ) -> Result<(Response<Incoming>, Option<Loan>), GatewayError> {
+        // Nothing healthy: refused at once, without waiting for a breaker slot.
+        if self.live().mode == Mode::Empty {
+            return Err(GatewayError::NoTarget { upstream: self.name.clone() });
+        }
         let admitted = self.admit().await?;
         self.budget.deposit();
         // HTTP/1.1 upstream requests use origin-form; Host carries the authority.
@@ -496,30 +507,36 @@ impl Upstream {
             }
         };
         let limit = self.response_timeout;
+        // Ends with the side at fault: the client (its body stopped coming) or the upstream.
         let expired = async {
             let mut deadline = Instant::now() + limit;
             loop {
                 tokio::time::sleep_until(deadline).await;
-                match progress.map(BodyProgress::done_at) {
-                    None => return,
-                    Some(Some(sent)) if sent + limit <= Instant::now() => return,
-                    Some(Some(sent)) => deadline = sent + limit,
-                    // Still uploading. An upstream that stopped reading stalls the upload
-                    // without the body ever being polled again, so the body's own deadline
-                    // is enforced here too.
-                    Some(None) if Instant::now() >= progress.map_or(deadline, BodyProgress::deadline) => return,
-                    Some(None) => {
-                        deadline = (Instant::now() + limit).min(progress.map_or(deadline, BodyProgress::deadline))
-                    }
+                match progress {
+                    None => return Failure::Timeout,
+                    Some(p) => match p.done_at() {
+                        Some(sent) if sent + limit <= Instant::now() => return Failure::Timeout,
+                        Some(sent) => deadline = sent + limit,
+                        // Still uploading at the body's deadline: the client's fault if its
+                        // body is what we wait for; the upstream's if it stopped reading (then
+                        // the body is not polled, so its own timer never fires).
+                        None if Instant::now() >= p.deadline() => {
+                            return if p.waiting_on_client() { Failure::Client } else { Failure::Timeout };
+                        }
+                        None => deadline = (Instant::now() + limit).min(p.deadline()),
+                    },
                 }
             }
         };
         tokio::select! {
             biased;
             r = exchange => r,
-            () = expired => Err(Failed {
-                error: GatewayError::UpstreamTimeout { upstream: self.name.clone() },
-                kind: Failure::Timeout,
+            kind = expired => Err(Failed {
+                error: match kind {
+                    Failure::Client => GatewayError::BodyTimeout,
+                    _ => GatewayError::UpstreamTimeout { upstream: self.name.clone() },
+                },
+                kind,
             }),
         }
     }

@@ -28,10 +28,13 @@ impl Budget {
     /// A request arrived.
     #[inline]
     pub fn deposit(&self) {
-        // Full (the usual state) costs one load; the cap may be passed by a few concurrent
-        // deposits, which `withdraw` does not mind.
-        if self.per_request > 0 && self.tokens.load(Ordering::Relaxed) < RESERVE * 1000 {
-            self.tokens.fetch_add(self.per_request, Ordering::Relaxed);
+        // Full (the usual state) costs one load; otherwise a compare-and-swap that never
+        // passes the cap.
+        const FULL: i64 = RESERVE * 1000;
+        if self.per_request > 0 && self.tokens.load(Ordering::Relaxed) < FULL {
+            let _ = self.tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t < FULL).then(|| (t + self.per_request).min(FULL))
+            });
         }
     }
 
