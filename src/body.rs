@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::observe::metrics::RouteMetrics;
 use crate::protect::ConnState;
 use crate::upstream::Loan;
 
@@ -48,6 +49,21 @@ pub struct UpstreamStalled(Duration);
 pub struct GwBody {
     kind: Kind,
     done: Option<Done>,
+    finish: Option<Finish>,
+}
+
+/// Records the request's total duration when the response body is finished with (written
+/// to the end, or abandoned).
+#[derive(Debug)]
+pub(crate) struct Finish {
+    pub(crate) started: Instant,
+    pub(crate) metrics: Arc<RouteMetrics>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.metrics.duration.observe(self.started.elapsed());
+    }
 }
 
 /// Marks the response finished on the connection when dropped: made when a request starts,
@@ -73,18 +89,22 @@ impl Drop for Done {
 impl GwBody {
     /// A complete body.
     pub fn full(b: Bytes) -> Self {
-        GwBody { kind: Kind::Full(Some(b)), done: None }
+        GwBody { kind: Kind::Full(Some(b)), done: None, finish: None }
     }
 
     /// The upstream's body, streamed; `loan` returns its connection to the pool at the end;
     /// a pause longer than `stall` between frames aborts it.
     pub fn upstream(b: Incoming, loan: Option<Loan>, stall: Duration) -> Self {
         let stall = Stall { limit: stall, waiting_since: None, timer: None };
-        GwBody { kind: Kind::Upstream(b, loan, stall), done: None }
+        GwBody { kind: Kind::Upstream(b, loan, stall), done: None, finish: None }
     }
 
     pub(crate) fn track(&mut self, done: Done) {
         self.done = Some(done);
+    }
+
+    pub(crate) fn on_finish(&mut self, finish: Finish) {
+        self.finish = Some(finish);
     }
 }
 

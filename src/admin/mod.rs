@@ -1,4 +1,5 @@
-//! The admin API on its own listener (loopback by default): `/healthz`, `/readyz` and the
+//! The admin API on its own listener (loopback by default): `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus; token-protected unless `admin.public_metrics`) and the
 //! token-protected REST API under `/api/v1` (node status, upstream health), described by
 //! `/api/v1/openapi.json`.
 //!
@@ -38,6 +39,8 @@ pub trait Node: Send + Sync + 'static {
     fn status(&self) -> NodeStatus;
     /// Config loaded and listeners bound, not shutting down.
     fn ready(&self) -> bool;
+    /// Every metric, in the Prometheus text format.
+    fn metrics(&self) -> String;
 }
 
 /// `GET /api/v1/status`.
@@ -129,6 +132,13 @@ async fn upstream(State(st): State<AppState>, Path(name): Path<String>) -> Respo
     }
 }
 
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut res = st.node.metrics().into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    res
+}
+
 async fn openapi() -> Response {
     let mut res = OPENAPI.into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -140,15 +150,21 @@ async fn not_found() -> Response {
 }
 
 /// The admin routes.
-fn router(node: Arc<dyn Node>, token: Option<Arc<[u8]>>) -> Router {
+fn router(node: Arc<dyn Node>, token: Option<Arc<[u8]>>, public_metrics: bool) -> Router {
     let st = AppState { node, token };
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/upstreams", get(upstreams))
         .route("/api/v1/upstreams/{name}", get(upstream))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
-    Router::new()
-        .route("/healthz", get(healthz))
+    let open = Router::new().route("/metrics", get(metrics));
+    let mut app = Router::new();
+    if public_metrics {
+        app = app.merge(open);
+    } else {
+        api = api.merge(open.route_layer(middleware::from_fn_with_state(st.clone(), require_token)));
+    }
+    app.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(api)
@@ -158,7 +174,14 @@ fn router(node: Arc<dyn Node>, token: Option<Arc<[u8]>>) -> Router {
 
 /// Serve the admin API on `sock` until `stop` is cancelled. `token` is the bearer token
 /// that opens `/api/v1` (none: every such call is refused).
-pub async fn serve(sock: TcpListener, node: Arc<dyn Node>, token: Option<String>, stop: CancellationToken) {
+/// `public_metrics` opens `/metrics` without the token.
+pub async fn serve(
+    sock: TcpListener,
+    node: Arc<dyn Node>,
+    token: Option<String>,
+    public_metrics: bool,
+    stop: CancellationToken,
+) {
     // A short token is no lock at all: treated as none.
     let token = token.filter(|t| t.len() >= MIN_TOKEN_LEN);
     if let Ok(addr) = sock.local_addr() {
@@ -169,7 +192,7 @@ pub async fn serve(sock: TcpListener, node: Arc<dyn Node>, token: Option<String>
             tracing::warn!(addr = %addr, "Admin API listens beyond loopback: keep it behind a firewall");
         }
     }
-    let app = router(node, token.map(|t| Arc::from(t.into_bytes())));
+    let app = router(node, token.map(|t| Arc::from(t.into_bytes())), public_metrics);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {

@@ -285,9 +285,12 @@ fn decode_admin(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<(AdminCo
             Err(_) => d.err(n.pos, &p, format!("invalid bind address `{s}`: expected IP:PORT like 127.0.0.1:9901")),
         }
     }
-    f.unsupported(d, "public_metrics", "`public_metrics` (metrics)");
+    let public_metrics = match f.get("public_metrics") {
+        Some((n, p)) => boolean(d, n, &p).unwrap_or(false),
+        None => false,
+    };
     f.finish(d);
-    Some((AdminConfig { bind }, pos))
+    Some((AdminConfig { bind, public_metrics }, pos))
 }
 
 fn default_node() -> NodeConfig {

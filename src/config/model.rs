@@ -28,6 +28,8 @@ pub struct Config {
 pub struct AdminConfig {
     /// Address and port (`127.0.0.1:9901` if not given).
     pub bind: SocketAddr,
+    /// `public_metrics: true` serves `/metrics` without the admin token.
+    pub public_metrics: bool,
 }
 
 /// `node:`

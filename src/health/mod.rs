@@ -84,6 +84,7 @@ struct Info {
     since: SystemTime,
     reason: Option<String>,
     ejections: u32,
+    ejections_total: u64,
     ejected_until: Option<SystemTime>,
     last_back: Option<Instant>,
     back_at: Option<Instant>,
@@ -120,8 +121,10 @@ pub struct TargetStatus {
     /// When the current ejection ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ejected_until: Option<String>,
-    /// Ejections so far (each lasts longer).
+    /// Ejections in the current run of repeat offences (each lasts longer).
     pub ejections: u32,
+    /// Ejections since start.
+    pub ejections_total: u64,
     /// Requests in flight now.
     pub in_flight: u32,
     /// Failed requests in a row.
@@ -158,6 +161,7 @@ impl TargetHealth {
                 since: SystemTime::now(),
                 reason: None,
                 ejections: 0,
+                ejections_total: 0,
                 ejected_until: None,
                 last_back: None,
                 back_at: None,
@@ -299,6 +303,7 @@ impl TargetHealth {
             reason: info.reason.clone(),
             ejected_until: info.ejected_until.map(rfc3339),
             ejections: info.ejections,
+            ejections_total: info.ejections_total,
             in_flight: self.in_flight(),
             consecutive_failures: self.failures.load(Ordering::Relaxed),
             last_probe: info.last_probe.clone(),
@@ -366,6 +371,7 @@ impl Group {
             info.ejections = 0;
         }
         info.ejections = info.ejections.saturating_add(1);
+        info.ejections_total = info.ejections_total.saturating_add(1);
         let span = self.passive.eject_for.saturating_mul(info.ejections).min(self.passive.max_eject_for);
         info.since = SystemTime::now();
         info.ejected_until = Some(info.since + span);

@@ -1,8 +1,10 @@
-//! Observability: log set-up and request ids.
+//! Observability: log set-up, request ids and metrics ([`metrics`]).
 //!
 //! Logs go to stderr: human-readable on a terminal, JSON lines otherwise (or as forced by
 //! `PORTCULLIS_LOG_FORMAT=json|text`). The level comes from `RUST_LOG` (default `info`).
 //! Every event about a request carries `request_id`, `client` and `config_version`.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

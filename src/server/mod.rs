@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigErrors, ListenerConfig};
 use crate::health::HealthCache;
+use crate::observe::metrics::{Metrics, RouteMetrics, gauge_header, label_value, write_process};
 use crate::protect::ConnLimiter;
 use crate::router::Table;
 use crate::upstream::{PoolCache, Upstream, Upstreams};
@@ -42,6 +43,8 @@ pub struct Snapshot {
     pub upstreams: Upstreams,
     /// Stops this version's background work (health probes) when it is replaced.
     stop: CancellationToken,
+    /// Metrics of each route, indexed like `config.routes` (kept across reloads by name).
+    pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
 }
 
 impl Snapshot {
@@ -50,7 +53,9 @@ impl Snapshot {
         let stop = inner.shutdown.child_token();
         let upstreams =
             config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, &inner.clients, &inner.health, &stop))).collect();
-        Snapshot { version, config, table, upstreams, stop }
+        let route_metrics = config.routes.iter().map(|r| inner.metrics.route(&r.name)).collect();
+        inner.metrics.retain_routes(config.routes.iter().map(|r| r.name.as_str()));
+        Snapshot { version, config, table, upstreams, stop, route_metrics }
     }
 }
 
@@ -60,6 +65,7 @@ pub(crate) struct Shared {
     clients: PoolCache,
     health: HealthCache,
     shutdown: CancellationToken,
+    pub(crate) metrics: Metrics,
 }
 
 /// Errors starting or reloading.
@@ -113,6 +119,7 @@ pub(crate) struct Inner {
     tracker: TaskTracker,
     path: Option<PathBuf>,
     started: tokio::time::Instant,
+    started_wall: std::time::SystemTime,
     admin: Option<SocketAddr>,
     admin_stop: CancellationToken,
 }
@@ -149,6 +156,89 @@ impl crate::admin::Node for NodeView {
 
     fn ready(&self) -> bool {
         !self.0.shared.shutdown.is_cancelled()
+    }
+
+    fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(16 * 1024);
+        self.0.shared.metrics.write_requests(&mut out);
+        let snap = self.0.snapshot.load_full();
+        gauge_header(&mut out, "portcullis_config_version", "The config version serving now.", "gauge");
+        let _ = writeln!(out, "portcullis_config_version {}", snap.version);
+        let ups: Vec<_> = snap.upstreams.iter().map(|u| u.status()).collect();
+        gauge_header(&mut out, "portcullis_upstream_in_flight", "Requests in flight to the upstream.", "gauge");
+        for u in &ups {
+            let _ =
+                writeln!(out, "portcullis_upstream_in_flight{{upstream=\"{}\"}} {}", label_value(&u.name), u.in_flight);
+        }
+        gauge_header(&mut out, "portcullis_upstream_pending", "Requests waiting for a circuit-breaker slot.", "gauge");
+        for u in &ups {
+            let _ = writeln!(out, "portcullis_upstream_pending{{upstream=\"{}\"}} {}", label_value(&u.name), u.pending);
+        }
+        gauge_header(&mut out, "portcullis_upstream_retries_total", "Retries made to other targets.", "counter");
+        for u in &ups {
+            let _ = writeln!(
+                out,
+                "portcullis_upstream_retries_total{{upstream=\"{}\"}} {}",
+                label_value(&u.name),
+                u.retries
+            );
+        }
+        gauge_header(&mut out, "portcullis_upstream_healthy_targets", "Targets able to serve now.", "gauge");
+        for u in &ups {
+            let _ = writeln!(
+                out,
+                "portcullis_upstream_healthy_targets{{upstream=\"{}\"}} {}",
+                label_value(&u.name),
+                u.healthy
+            );
+        }
+        gauge_header(
+            &mut out,
+            "portcullis_target_healthy",
+            "1 if the target is in rotation, 0 if unhealthy (probes) or ejected (passive detection).",
+            "gauge",
+        );
+        for u in &ups {
+            for t in &u.targets {
+                let _ = writeln!(
+                    out,
+                    "portcullis_target_healthy{{upstream=\"{}\",target=\"{}\",role=\"{}\",state=\"{}\"}} {}",
+                    label_value(&u.name),
+                    label_value(&t.health.url),
+                    if t.health.backup { "backup" } else { "primary" },
+                    t.health.state,
+                    u8::from(t.health.state == "healthy")
+                );
+            }
+        }
+        gauge_header(&mut out, "portcullis_target_in_flight", "Requests in flight to the target.", "gauge");
+        for u in &ups {
+            for t in &u.targets {
+                let _ = writeln!(
+                    out,
+                    "portcullis_target_in_flight{{upstream=\"{}\",target=\"{}\"}} {}",
+                    label_value(&u.name),
+                    label_value(&t.health.url),
+                    t.health.in_flight
+                );
+            }
+        }
+        gauge_header(&mut out, "portcullis_target_ejections_total", "Passive ejections of the target.", "counter");
+        for u in &ups {
+            for t in &u.targets {
+                let _ = writeln!(
+                    out,
+                    "portcullis_target_ejections_total{{upstream=\"{}\",target=\"{}\"}} {}",
+                    label_value(&u.name),
+                    label_value(&t.health.url),
+                    t.health.ejections_total
+                );
+            }
+        }
+        let started = self.0.started_wall.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        write_process(&mut out, started);
+        out
     }
 }
 
@@ -229,6 +319,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             path,
             started: tokio::time::Instant::now(),
+            started_wall: std::time::SystemTime::now(),
             admin,
             admin_stop: CancellationToken::new(),
         });
@@ -240,7 +331,14 @@ impl Gateway {
             let node: Arc<dyn crate::admin::Node> = Arc::new(NodeView(gw.inner.clone()));
             // Not the tracker's: the admin API keeps answering (/readyz: 503) while requests
             // drain, and stops after.
-            tokio::spawn(crate::admin::serve(sock, node, options.admin_token, gw.inner.admin_stop.clone()));
+            let public_metrics = gw.inner.snapshot.load().config.admin.as_ref().is_some_and(|a| a.public_metrics);
+            tokio::spawn(crate::admin::serve(
+                sock,
+                node,
+                options.admin_token,
+                public_metrics,
+                gw.inner.admin_stop.clone(),
+            ));
         }
         for (l, sock) in bound {
             gw.spawn_listener(&l, sock);
@@ -283,16 +381,26 @@ impl Gateway {
     pub async fn reload(&self) -> Result<Reloaded, GatewayStartError> {
         let path = self.inner.path.clone().ok_or(GatewayStartError::NoFile)?;
         let mut last_hash = self.inner.reload_lock.lock().await;
-        // One read: what is hashed is what is parsed.
-        let text = config::read(&path)?;
-        let h = hash_text(&text);
-        if h == *last_hash {
-            return Ok(Reloaded::Unchanged(self.inner.snapshot.load().version));
+        let result = async {
+            // One read: what is hashed is what is parsed.
+            let text = config::read(&path)?;
+            let h = hash_text(&text);
+            if h == *last_hash {
+                return Ok(Reloaded::Unchanged(self.inner.snapshot.load().version));
+            }
+            let config = config::parse(&path.display().to_string(), &text)?;
+            let v = self.apply_locked(config).await?;
+            *last_hash = h;
+            Ok(Reloaded::Applied(v))
         }
-        let config = config::parse(&path.display().to_string(), &text)?;
-        let v = self.apply_locked(config).await?;
-        *last_hash = h;
-        Ok(Reloaded::Applied(v))
+        .await;
+        let m = &self.inner.shared.metrics;
+        match &result {
+            Ok(Reloaded::Applied(_)) => m.reloads_applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Ok(Reloaded::Unchanged(_)) => 0,
+            Err(_) => m.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        result
     }
 
     /// Apply a validated config now (as a reload does).

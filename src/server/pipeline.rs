@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{Inner, Snapshot};
-use crate::body::{Done, GwBody};
+use crate::body::{Done, Finish, GwBody};
 use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
 use crate::observe::new_request_id;
@@ -41,7 +41,18 @@ pub(crate) struct ConnCtx {
 }
 
 /// hyper's entry point for one request.
+/// What the pipeline learnt about a request, for metrics.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Index of the matched route.
+    route: Option<usize>,
+    /// Time from sending upstream to the response head.
+    upstream: Option<std::time::Duration>,
+}
+
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<GwBody>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
     // Counted as finished when the response body is done, or here if the request is dropped.
     let done = ctx.state.as_ref().map(Done::start);
     let progress =
@@ -51,7 +62,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut res = match proxy(&ctx, &snap, req, &request_id, progress.as_ref()).await {
+    let mut outcome = Outcome::default();
+    let mut res = match proxy(&ctx, &snap, req, &request_id, progress.as_ref(), &mut outcome).await {
         Ok(r) => r,
         Err(e) => {
             let (status, _, _) = e.describe();
@@ -78,6 +90,15 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     if let Some(d) = done {
         res.body_mut().track(d);
     }
+    let metrics = match outcome.route.and_then(|i| snap.route_metrics.get(i)) {
+        Some(m) => m.clone(),
+        None => ctx.gw.shared.metrics.unmatched().clone(),
+    };
+    metrics.answered(&method, res.status().as_u16());
+    if let Some(d) = outcome.upstream {
+        metrics.upstream.observe(d);
+    }
+    res.body_mut().on_finish(Finish { started, metrics });
     Ok(res)
 }
 
@@ -116,6 +137,7 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     progress: Option<&Arc<BodyProgress>>,
+    outcome: &mut Outcome,
 ) -> Result<Response<GwBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
 
@@ -136,6 +158,7 @@ async fn proxy(
     let view = RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers };
     let idx = snap.table.find(&view).ok_or(GatewayError::RouteNotFound)?;
     let route = &snap.table.routes()[idx];
+    outcome.route = Some(idx);
     let upstream = &snap.upstreams[route.upstream];
     drop(host);
 
@@ -180,7 +203,10 @@ async fn proxy(
         client: ctx.peer.ip(),
         retry_non_idempotent: route.retry_non_idempotent,
     };
-    let (res, loan) = upstream.forward(upstream_req, call).await?;
+    let sent = Instant::now();
+    let forwarded = upstream.forward(upstream_req, call).await;
+    outcome.upstream = Some(sent.elapsed());
+    let (res, loan) = forwarded?;
 
     let (mut rp, rb) = res.into_parts();
     strip_hop_by_hop(&mut rp.headers);

@@ -192,6 +192,8 @@ pub struct UpstreamStatus {
     pub in_flight: u32,
     /// Requests waiting for a slot (`limits.max_pending`).
     pub pending: u32,
+    /// Retries made since start (kept across reloads while `retries.budget` and `limits` stay).
+    pub retries: u64,
     /// Every target, primaries then backups.
     pub targets: Vec<TargetView>,
 }
@@ -571,6 +573,7 @@ impl Upstream {
             healthy: self.health.members().iter().filter(|h| h.available()).count(),
             in_flight: self.slots.in_use(),
             pending: self.slots.pending(),
+            retries: self.budget.taken(),
             targets: self
                 .health
                 .status()

@@ -16,13 +16,19 @@ pub const RESERVE: i64 = 10;
 pub struct Budget {
     per_request: i64,
     tokens: AtomicI64,
+    /// Retries taken so far (for metrics).
+    taken: std::sync::atomic::AtomicU64,
 }
 
 impl Budget {
     /// `percent` of requests may be retried; 0 turns retries off.
     pub fn new(percent: u8) -> Self {
         let per_request = i64::from(percent) * 10;
-        Budget { per_request, tokens: AtomicI64::new(if per_request > 0 { RESERVE * 1000 } else { 0 }) }
+        Budget {
+            per_request,
+            tokens: AtomicI64::new(if per_request > 0 { RESERVE * 1000 } else { 0 }),
+            taken: Default::default(),
+        }
     }
 
     /// A request arrived.
@@ -40,7 +46,17 @@ impl Budget {
 
     /// Take one retry, if the budget has it.
     pub fn withdraw(&self) -> bool {
-        self.tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t >= 1000).then_some(t - 1000)).is_ok()
+        let ok =
+            self.tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t >= 1000).then_some(t - 1000)).is_ok();
+        if ok {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Retries taken so far.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 }
 

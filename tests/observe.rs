@@ -1,0 +1,136 @@
+//! Observability through real sockets: `/metrics` scraped from the admin listener and read
+//! with a real Prometheus text parser.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+
+const TOKEN: &str = "metrics-test-token-0123456789";
+
+fn config(up: std::net::SocketAddr, admin_extra: &str) -> String {
+    format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin: {{ bind: \"127.0.0.1:0\"{admin_extra} }}\nupstreams:\n  - name: up\n    targets: [{{ url: \"http://{up}\" }}]\nroutes:\n  - name: orders\n    match: {{ prefix: /orders }}\n    upstream: up\n    public: true\n  - name: status\n    match: {{ prefix: /status }}\n    upstream: up\n    public: true\n"
+    )
+}
+
+/// Scrape `/metrics` and parse it; samples as (name, labels) → value.
+async fn scrape(gw: &TestGateway, token: Option<&str>) -> (u16, HashMap<(String, Vec<(String, String)>), f64>) {
+    let addr = gw.gw.admin_addr().expect("admin");
+    let mut req = Request::get(format!("http://{addr}/metrics"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (status, headers, body) = send(req.body(full("")).expect("req")).await;
+    if status != 200 {
+        return (status, HashMap::new());
+    }
+    assert!(headers["content-type"].to_str().unwrap_or("").starts_with("text/plain; version=0.0.4"));
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let mut labels: Vec<(String, String)> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.sort();
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|c| c.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert((s.metric, labels), v);
+    }
+    (200, out)
+}
+
+fn key(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
+    let mut l: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    l.sort();
+    (name.to_string(), l)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_request_by_route_method_and_status() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start_with_token(&config(up.addr, ""), Some(TOKEN)).await;
+    let c = client();
+    for _ in 0..7 {
+        let res = c.request(Request::get(gw.url("/orders/1")).body(full("")).expect("req")).await.expect("res");
+        assert_eq!(res.status(), 200);
+        let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+    }
+    for _ in 0..3 {
+        let res = c.request(Request::post(gw.url("/orders")).body(full("x")).expect("req")).await.expect("res");
+        let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+    }
+    for _ in 0..4 {
+        let (s, _, _) = get(&gw.url("/status/503")).await;
+        assert_eq!(s, 503);
+    }
+    for _ in 0..2 {
+        let (s, _, _) = get(&gw.url("/nowhere")).await;
+        assert_eq!(s, 404);
+    }
+    // The duration is recorded when the response body is finished with: let it settle.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let (status, _) = scrape(&gw, None).await;
+    assert_eq!(status, 401, "metrics need the token unless public_metrics");
+    let (_, m) = scrape(&gw, Some(TOKEN)).await;
+    let get_n = |name: &str, labels: &[(&str, &str)]| m.get(&key(name, labels)).copied();
+    let req = "portcullis_requests_total";
+    assert_eq!(get_n(req, &[("route", "orders"), ("method", "GET"), ("status", "2xx")]), Some(7.0));
+    assert_eq!(get_n(req, &[("route", "orders"), ("method", "POST"), ("status", "2xx")]), Some(3.0));
+    assert_eq!(get_n(req, &[("route", "status"), ("method", "GET"), ("status", "5xx")]), Some(4.0));
+    assert_eq!(get_n(req, &[("route", ""), ("method", "GET"), ("status", "4xx")]), Some(2.0));
+    let total: f64 = m.iter().filter(|((n, _), _)| n == req).map(|(_, v)| v).sum();
+    assert_eq!(total, 16.0, "nothing else was counted");
+    assert_eq!(get_n("portcullis_request_duration_seconds_count", &[("route", "orders")]), Some(10.0));
+    assert_eq!(get_n("portcullis_upstream_duration_seconds_count", &[("route", "status")]), Some(4.0));
+    assert_eq!(get_n("portcullis_config_version", &[]), Some(1.0));
+    let target = format!("http://{}", up.addr);
+    assert_eq!(
+        get_n(
+            "portcullis_target_healthy",
+            &[("upstream", "up"), ("target", &target), ("role", "primary"), ("state", "healthy")]
+        ),
+        Some(1.0)
+    );
+    assert!(get_n("process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+    // No raw path, query or client address ever becomes a label.
+    for (_, labels) in m.keys() {
+        for (k, v) in labels {
+            assert!(
+                !v.contains("/orders/1") && !v.contains("nowhere") && !v.contains("127.0.0.1:") || k == "target",
+                "{k}={v}"
+            );
+        }
+    }
+
+    // Counters survive a reload; the reload is counted.
+    let reloaded = config(up.addr, "").replace("name: status", "name: status2");
+    gw.rewrite(&reloaded).await.expect("reload");
+    let (_, m) = scrape(&gw, Some(TOKEN)).await;
+    assert_eq!(m.get(&key(req, &[("route", "orders"), ("method", "GET"), ("status", "2xx")])).copied(), Some(7.0));
+    assert_eq!(m.get(&key("portcullis_config_reloads_total", &[("result", "applied")])).copied(), Some(1.0));
+    assert_eq!(m.get(&key("portcullis_config_version", &[])).copied(), Some(2.0));
+    std::fs::write(&gw.path, "version: 1\nlisteners: oops\n").expect("write");
+    assert!(gw.gw.reload().await.is_err());
+    let (_, m) = scrape(&gw, Some(TOKEN)).await;
+    assert_eq!(m.get(&key("portcullis_config_reloads_total", &[("result", "failed")])).copied(), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_metrics_need_no_token_but_the_api_still_does() {
+    let up = TestUpstream::start("a").await;
+    let gw = TestGateway::start_with_token(&config(up.addr, ", public_metrics: true"), Some(TOKEN)).await;
+    let (status, m) = scrape(&gw, None).await;
+    assert_eq!(status, 200);
+    assert!(m.contains_key(&key("portcullis_config_version", &[])));
+    let (s, _) = gw.admin_get("/api/v1/status", None).await;
+    assert_eq!(s, 401);
+}
