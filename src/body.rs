@@ -13,7 +13,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::observe::access::{AccessLog, Record};
 use crate::observe::metrics::RouteMetrics;
+use crate::protect::BodyProgress;
 use crate::protect::ConnState;
 use crate::upstream::Loan;
 
@@ -52,17 +54,27 @@ pub struct GwBody {
     finish: Option<Finish>,
 }
 
+/// The access log, the request's record, and its body's progress (for the bytes received).
+pub(crate) type Logged = (Arc<AccessLog>, Box<Record>, Option<Arc<BodyProgress>>);
+
 /// Records the request's total duration when the response body is finished with (written
 /// to the end, or abandoned).
 #[derive(Debug)]
 pub(crate) struct Finish {
     pub(crate) started: Instant,
     pub(crate) metrics: Arc<RouteMetrics>,
+    /// The access log and the request's record, when there is an access log.
+    pub(crate) log: Option<Logged>,
+    pub(crate) bytes_out: u64,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        self.metrics.duration.observe(self.started.elapsed());
+        let took = self.started.elapsed();
+        self.metrics.duration.observe(took);
+        if let Some((log, record, progress)) = &self.log {
+            log.log(record, took, progress.as_ref().map_or(0, |p| p.received()), self.bytes_out);
+        }
     }
 }
 
@@ -108,11 +120,8 @@ impl GwBody {
     }
 }
 
-impl Body for GwBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl GwBody {
+    fn poll_inner(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(inc, loan, stall) => {
@@ -146,6 +155,22 @@ impl Body for GwBody {
                 r
             }
         }
+    }
+}
+
+impl Body for GwBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = self.as_mut().poll_inner(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+            && let Some(fin) = &mut self.finish
+        {
+            fin.bytes_out += d.len() as u64;
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -134,3 +134,105 @@ async fn public_metrics_need_no_token_but_the_api_still_does() {
     let (s, _) = gw.admin_get("/api/v1/status", None).await;
     assert_eq!(s, 401);
 }
+
+fn with_access_log(up: std::net::SocketAddr, to: &std::path::Path) -> String {
+    config(up, "").replacen(
+        "upstreams:",
+        &format!("observability: {{ access_log: {{ format: json, to: \"{}\" }} }}\nupstreams:", to.display()),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_are_json_and_carry_no_credentials() {
+    let up = TestUpstream::start("a").await;
+    let dir = scratch_dir();
+    let file = dir.join("access.log");
+    let gw = TestGateway::start(&with_access_log(up.addr, &file)).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for i in 0..5 {
+        let req = Request::post(gw.url(&format!("/orders/./{i}?api_key=query-secret-1&x=1")))
+            .header("authorization", "Bearer header-secret-2")
+            .header("x-api-key", "header-secret-3")
+            .header("cookie", "session=cookie-secret-4")
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+            .body(full("hello"))
+            .expect("req");
+        let (status, _, _) = send(req).await;
+        assert_eq!(status, 200);
+    }
+    let (s, _, _) = get(&gw.url("/nowhere?token=query-secret-5")).await;
+    assert_eq!(s, 404);
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.lines().count() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for secret in ["query-secret", "header-secret", "cookie-secret", "Bearer", "authorization", "api_key"] {
+        assert!(
+            !text.to_lowercase().contains(&secret.to_lowercase()),
+            "`{secret}` leaked into the access log:\n{text}"
+        );
+    }
+    let first = &lines[0];
+    assert_eq!(first["route"], "orders");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/orders/0", "normalised, without the query");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["bytes_in"], 5);
+    assert_eq!(first["bytes_out"], 1, "the upstream answered `a`");
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert_eq!(first["upstream"], "up");
+    assert_eq!(first["target"], up.addr.to_string());
+    assert_eq!(first["trace_id"], trace);
+    assert_eq!(first["version"], "HTTP/1.1");
+    assert!(first["request_id"].as_str().is_some_and(|s| s.len() == 32));
+    assert!(first["duration_ms"].as_f64().is_some() && first["upstream_ms"].as_f64().is_some());
+    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "{}", first["time"]);
+    let last = &lines[5];
+    assert_eq!((last["status"].as_u64(), last["path"].as_str()), (Some(404), Some("/nowhere")));
+    assert!(last.get("route").is_none() && last.get("upstream").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_takes_nothing_costs_dropped_lines_not_requests() {
+    let up = TestUpstream::start("a").await;
+    let dir = scratch_dir();
+    // A FIFO nobody reads: opening it for writing blocks, so the writer never takes a line.
+    let fifo = dir.join("stuck.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let gw = TestGateway::start_with_token(&with_access_log(up.addr, &fifo), Some(TOKEN)).await;
+    let url = gw.url("/orders/x");
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total = 9_000;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (next, url) = (next.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+                let res = c.request(Request::get(&url).body(full("")).expect("req")).await.expect("res");
+                assert_eq!(res.status(), 200);
+                let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t).await.expect("requests kept flowing").expect("task");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, m) = scrape(&gw, Some(TOKEN)).await;
+    let dropped = m.get(&key("portcullis_access_log_dropped_total", &[])).copied().unwrap_or(0.0);
+    assert!(dropped >= (total - 8192) as f64, "dropped {dropped}");
+    // Let the blocked writer go, so the test runtime can shut down.
+    let f = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = std::fs::read(f);
+    });
+}

@@ -259,7 +259,7 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
     let admin = f.get("admin").and_then(|(n, p)| decode_admin(d, n, &p));
     f.unsupported(d, "auth", "authentication (`auth`)");
     f.unsupported(d, "protection", "`protection` (bans, IP rules)");
-    f.unsupported(d, "observability", "`observability` (access log, tracing)");
+    let access_log = f.get("observability").and_then(|(n, p)| decode_observability(d, n, &p));
     f.unsupported(d, "cluster", "`cluster`");
     f.finish(d);
     if let Some((a, pos)) = &admin
@@ -268,7 +268,48 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         d.err(*pos, "admin.bind", format!("address {} is bound by a listener", a.bind));
     }
     let admin = admin.map(|(a, _)| a);
-    Some(Config { node: node?, listeners, upstreams: upstreams.into_iter().map(|(u, _)| u).collect(), routes, admin })
+    Some(Config {
+        node: node?,
+        listeners,
+        upstreams: upstreams.into_iter().map(|(u, _)| u).collect(),
+        routes,
+        admin,
+        access_log,
+    })
+}
+
+fn decode_observability(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AccessLogConfig> {
+    let mut f = Fields::new(d, node, path)?;
+    let mut out = None;
+    if let Some((n, p)) = f.get("access_log")
+        && let Some(mut af) = Fields::new(d, n, &p)
+    {
+        if let Some((n, p)) = af.get("format")
+            && let Some(v) = scalar(d, n, &p)
+            && v != "json"
+        {
+            d.err(n.pos, &p, format!("unknown access-log format `{v}`; expected json"));
+        }
+        let mut to = LogSink::Stdout;
+        if let Some((n, p)) = af.get("to")
+            && let Some(v) = scalar(d, n, &p)
+        {
+            to = match v {
+                "stdout" => LogSink::Stdout,
+                "stderr" => LogSink::Stderr,
+                "" => {
+                    d.err(n.pos, &p, "expected stdout, stderr or a file path");
+                    LogSink::Stdout
+                }
+                path => LogSink::File(std::path::PathBuf::from(path)),
+            };
+        }
+        af.finish(d);
+        out = Some(AccessLogConfig { to });
+    }
+    f.unsupported(d, "tracing", "`observability.tracing` (OpenTelemetry export)");
+    f.finish(d);
+    out
 }
 
 /// `admin:`, with the position of its `bind` (for a clash with a listener).

@@ -21,6 +21,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `admin:`; `None` when the file has no admin listener.
     pub admin: Option<AdminConfig>,
+    /// `observability.access_log`; `None`: no access log.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `observability.access_log`: one JSON line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Where the lines go.
+    pub to: LogSink,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSink {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A file, appended to (created if missing).
+    File(std::path::PathBuf),
 }
 
 /// `admin:`: the admin API's own listener.

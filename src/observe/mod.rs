@@ -4,6 +4,7 @@
 //! `PORTCULLIS_LOG_FORMAT=json|text`). The level comes from `RUST_LOG` (default `info`).
 //! Every event about a request carries `request_id`, `client` and `config_version`.
 
+pub mod access;
 pub mod metrics;
 
 use std::io::IsTerminal;
@@ -38,6 +39,15 @@ pub fn new_request_id() -> HeaderValue {
 /// [`new_request_id`] as a `String`, for answers made below hyper.
 pub(crate) fn new_request_id_string() -> String {
     new_request_id().to_str().unwrap_or("0").to_string()
+}
+
+/// `2026-11-27T17:21:43.123Z`: [`rfc3339`] with milliseconds.
+pub fn rfc3339_millis(t: std::time::SystemTime) -> String {
+    let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
+    let mut s = rfc3339(t);
+    s.pop();
+    s.push_str(&format!(".{ms:03}Z"));
+    s
 }
 
 /// `2026-11-27T17:21:43Z`: a wall-clock time in RFC 3339, UTC, whole seconds.

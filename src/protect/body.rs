@@ -42,12 +42,24 @@ pub struct BodyProgress {
     /// The last read of the body found no data from the client yet (as opposed to the body
     /// not being read because the upstream is not taking it).
     waiting_on_client: std::sync::atomic::AtomicBool,
+    /// Body bytes received so far.
+    received: std::sync::atomic::AtomicU64,
 }
 
 impl BodyProgress {
     /// A body that must have arrived by `deadline` (the listener's `body_timeout`).
     pub fn new(deadline: Instant) -> Self {
-        BodyProgress { done_at: parking_lot::Mutex::new(None), deadline, waiting_on_client: Default::default() }
+        BodyProgress {
+            done_at: parking_lot::Mutex::new(None),
+            deadline,
+            waiting_on_client: Default::default(),
+            received: Default::default(),
+        }
+    }
+
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the body is stuck on the client (true) rather than on the upstream.
@@ -130,6 +142,7 @@ impl Body for LimitedBody {
                         return fail(BodyError::TooLarge { limit: *this.limit }, this.conn);
                     }
                     *this.remaining -= n;
+                    this.progress.received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
                 if this.inner.is_end_stream() {
                     this.progress.mark();

@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::AccessLogConfig;
 use crate::config::{self, Config, ConfigErrors, ListenerConfig};
 use crate::health::HealthCache;
+use crate::observe::access::AccessLog;
 use crate::observe::metrics::{Metrics, RouteMetrics, gauge_header, label_value, write_process};
 use crate::protect::ConnLimiter;
 use crate::router::Table;
@@ -45,6 +47,8 @@ pub struct Snapshot {
     stop: CancellationToken,
     /// Metrics of each route, indexed like `config.routes` (kept across reloads by name).
     pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
+    /// Where request lines go, if anywhere.
+    pub(crate) access_log: Option<Arc<AccessLog>>,
 }
 
 impl Snapshot {
@@ -55,7 +59,8 @@ impl Snapshot {
             config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, &inner.clients, &inner.health, &stop))).collect();
         let route_metrics = config.routes.iter().map(|r| inner.metrics.route(&r.name)).collect();
         inner.metrics.retain_routes(config.routes.iter().map(|r| r.name.as_str()));
-        Snapshot { version, config, table, upstreams, stop, route_metrics }
+        let access_log = inner.access_log(config.access_log.as_ref());
+        Snapshot { version, config, table, upstreams, stop, route_metrics, access_log }
     }
 }
 
@@ -65,7 +70,24 @@ pub(crate) struct Shared {
     clients: PoolCache,
     health: HealthCache,
     shutdown: CancellationToken,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
+    /// The running access log, reused by a reload that keeps its settings.
+    access_log: Mutex<Option<Arc<AccessLog>>>,
+}
+
+impl Shared {
+    fn access_log(&self, cfg: Option<&AccessLogConfig>) -> Option<Arc<AccessLog>> {
+        let cfg = cfg?;
+        let mut cur = self.access_log.lock();
+        match &*cur {
+            Some(a) if a.config() == cfg => Some(a.clone()),
+            _ => {
+                let a = AccessLog::start(cfg.clone(), self.metrics.clone());
+                *cur = Some(a.clone());
+                Some(a)
+            }
+        }
+    }
 }
 
 /// Errors starting or reloading.

@@ -19,6 +19,7 @@ use super::{Inner, Snapshot};
 use crate::body::{Done, Finish, GwBody};
 use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
+use crate::observe::access::{Record, clip_path, trace_id};
 use crate::observe::new_request_id;
 use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
 use crate::protect::{BodyProgress, ConnState, LimitedBody};
@@ -41,28 +42,37 @@ pub(crate) struct ConnCtx {
 }
 
 /// hyper's entry point for one request.
-/// What the pipeline learnt about a request, for metrics.
+/// What the pipeline learnt about a request, for metrics and the access log.
 #[derive(Debug, Default)]
 struct Outcome {
     /// Index of the matched route.
     route: Option<usize>,
     /// Time from sending upstream to the response head.
     upstream: Option<std::time::Duration>,
+    /// The target that answered.
+    target: Option<usize>,
+    /// The normalised path (kept only when there is an access log).
+    path: Option<String>,
 }
 
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<GwBody>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
+    let version = req.version();
+
     // Counted as finished when the response body is done, or here if the request is dropped.
     let done = ctx.state.as_ref().map(Done::start);
     let progress =
         (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::new(Instant::now() + ctx.limits.body_timeout)));
     let snap = ctx.gw.snapshot.load_full();
+    let logging = snap.access_log.is_some();
+    let trace = if logging { req.headers().get("traceparent").and_then(|v| trace_id(v.as_bytes())) } else { None };
+    let raw_path = if logging { Some(clip_path(req.uri().path())) } else { None };
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome { path: raw_path, ..Outcome::default() };
     let mut res = match proxy(&ctx, &snap, req, &request_id, progress.as_ref(), &mut outcome).await {
         Ok(r) => r,
         Err(e) => {
@@ -98,7 +108,29 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     if let Some(d) = outcome.upstream {
         metrics.upstream.observe(d);
     }
-    res.body_mut().on_finish(Finish { started, metrics });
+    let log = snap.access_log.as_ref().map(|log| {
+        let route = outcome.route.and_then(|i| snap.config.routes.get(i));
+        let upstream = route.and_then(|r| snap.upstreams.get(r.upstream));
+        let record = Record {
+            request_id: request_id.to_str().unwrap_or("").to_string(),
+            route: route.map(|r| r.name.clone()),
+            client: ctx.peer.ip().to_string(),
+            method: method.as_str().to_string(),
+            path: outcome.path.take().unwrap_or_default(),
+            version: match version {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status: res.status().as_u16(),
+            upstream: upstream.map(|u| u.name().to_string()),
+            target: upstream.zip(outcome.target).and_then(|(u, i)| u.target(i)).map(ToString::to_string),
+            upstream_time: outcome.upstream,
+            trace_id: trace,
+        };
+        (log.clone(), Box::new(record), progress.clone())
+    });
+    res.body_mut().on_finish(Finish { started, metrics, log, bytes_out: 0 });
     Ok(res)
 }
 
@@ -153,6 +185,9 @@ async fn proxy(
 
     // router
     let path = normalise(parts.uri.path())?;
+    if outcome.path.is_some() {
+        outcome.path = Some(clip_path(&path));
+    }
     let original_host = request_authority(&parts).map_err(|e| GatewayError::BadRequest(e.0))?;
     let host = route_host(original_host.as_ref());
     let view = RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers };
@@ -206,7 +241,8 @@ async fn proxy(
     let sent = Instant::now();
     let forwarded = upstream.forward(upstream_req, call).await;
     outcome.upstream = Some(sent.elapsed());
-    let (res, loan) = forwarded?;
+    let (res, loan, target) = forwarded?;
+    outcome.target = Some(target);
 
     let (mut rp, rb) = res.into_parts();
     strip_hop_by_hop(&mut rp.headers);

@@ -272,6 +272,11 @@ impl Upstream {
         self.idle_timeout
     }
 
+    /// The `host:port` of target `idx` (as returned by [`Upstream::forward`]).
+    pub fn target(&self, idx: usize) -> Option<&Authority> {
+        self.members.get(idx).map(|m| &m.authority)
+    }
+
     /// The health group (for status views).
     pub fn health(&self) -> &Group {
         &self.health
@@ -346,12 +351,13 @@ impl Upstream {
     }
 
     /// Send `req` (headers already cleaned, `Host` set) to a healthy target, retrying as
-    /// configured. The [`Loan`] must travel with the response body.
+    /// configured. The [`Loan`] must travel with the response body; the index names the target
+    /// that answered ([`Upstream::target`]).
     pub async fn forward(
         &self,
         mut req: Request<ProxyBody>,
         call: Call<'_>,
-    ) -> Result<(Response<Incoming>, Option<Loan>), GatewayError> {
+    ) -> Result<(Response<Incoming>, Option<Loan>, usize), GatewayError> {
         // Nothing healthy: refused at once, without waiting for a breaker slot.
         if self.live().mode == Mode::Empty {
             return Err(GatewayError::NoTarget { upstream: self.name.clone() });
@@ -415,9 +421,9 @@ impl Upstream {
                     let loan = Loan::new(tx, self.members[idx].pool.clone(), held);
                     if http_body::Body::is_end_stream(res.body()) {
                         loan.give_back();
-                        return Ok((res, None));
+                        return Ok((res, None, idx));
                     }
-                    return Ok((res, Some(loan)));
+                    return Ok((res, Some(loan), idx));
                 }
                 Err(Failed { error, kind }) => {
                     if kind != Failure::Client {
