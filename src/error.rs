@@ -7,6 +7,7 @@ use std::error::Error as StdError;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::GwBody;
+use crate::observe::json_escape;
 use crate::protect::BodyError;
 use crate::router::path::PathError;
 
@@ -137,17 +138,6 @@ impl GatewayError {
             GatewayError::Upstream { .. } => {
                 (StatusCode::BAD_GATEWAY, "Bad Gateway", "the upstream service failed to answer".into())
             }
-        }
-    }
-}
-
-fn json_escape(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
         }
     }
 }

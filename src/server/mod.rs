@@ -49,6 +49,9 @@ pub struct Snapshot {
     pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
     /// Where request lines go, if anywhere.
     pub(crate) access_log: Option<Arc<AccessLog>>,
+    /// Route and upstream names, shared with access-log records.
+    pub(crate) route_names: Vec<Arc<str>>,
+    pub(crate) upstream_names: Vec<Arc<str>>,
 }
 
 impl Snapshot {
@@ -60,7 +63,9 @@ impl Snapshot {
         let route_metrics = config.routes.iter().map(|r| inner.metrics.route(&r.name)).collect();
         inner.metrics.retain_routes(config.routes.iter().map(|r| r.name.as_str()));
         let access_log = inner.access_log(config.access_log.as_ref());
-        Snapshot { version, config, table, upstreams, stop, route_metrics, access_log }
+        let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
+        let upstream_names = config.upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
+        Snapshot { version, config, table, upstreams, stop, route_metrics, access_log, route_names, upstream_names }
     }
 }
 

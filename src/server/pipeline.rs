@@ -112,10 +112,10 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         let route = outcome.route.and_then(|i| snap.config.routes.get(i));
         let upstream = route.and_then(|r| snap.upstreams.get(r.upstream));
         let record = Record {
-            request_id: request_id.to_str().unwrap_or("").to_string(),
-            route: route.map(|r| r.name.clone()),
-            client: ctx.peer.ip().to_string(),
-            method: method.as_str().to_string(),
+            request_id: request_id.clone(),
+            route: outcome.route.and_then(|i| snap.route_names.get(i)).cloned(),
+            client: ctx.peer.ip(),
+            method,
             path: outcome.path.take().unwrap_or_default(),
             version: match version {
                 Version::HTTP_2 => "HTTP/2.0",
@@ -123,8 +123,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
                 _ => "HTTP/1.1",
             },
             status: res.status().as_u16(),
-            upstream: upstream.map(|u| u.name().to_string()),
-            target: upstream.zip(outcome.target).and_then(|(u, i)| u.target(i)).map(ToString::to_string),
+            upstream: route.and_then(|r| snap.upstream_names.get(r.upstream)).cloned(),
+            target: upstream.zip(outcome.target).and_then(|(u, i)| u.target(i)).cloned(),
             upstream_time: outcome.upstream,
             trace_id: trace,
         };
