@@ -236,3 +236,35 @@ async fn a_sink_that_takes_nothing_costs_dropped_lines_not_requests() {
         let _ = std::fs::read(f);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_access_log_is_reopened() {
+    let up = TestUpstream::start("a").await;
+    let dir = scratch_dir();
+    let file = dir.join("access.log");
+    let gw = TestGateway::start(&with_access_log(up.addr, &file)).await;
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
+    get(&gw.url("/orders/first")).await;
+    for _ in 0..500 {
+        if lines(&file) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(lines(&file), 1);
+    // logrotate's default: rename, and the writer must start a new file at the old path.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&file, &rotated).expect("rename");
+    let mut reopened = false;
+    for _ in 0..100 {
+        get(&gw.url("/orders/after")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if lines(&file) > 0 {
+            reopened = true;
+            break;
+        }
+    }
+    assert!(reopened, "no new file at the old path");
+    assert!(std::fs::read_to_string(&rotated).expect("rotated").contains("/orders/first"));
+    assert!(std::fs::read_to_string(&file).expect("new").contains("/orders/after"));
+}

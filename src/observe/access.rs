@@ -16,6 +16,8 @@ use crate::config::{AccessLogConfig, LogSink};
 
 /// Lines waiting for the writer; more are dropped.
 const QUEUE: usize = 8192;
+/// How often the writer checks whether its file was rotated away.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
 /// How long the writer lets lines gather before writing them out.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// Longest path written; longer ones are cut (and marked with `…`).
@@ -195,8 +197,8 @@ fn open(sink: &LogSink) -> std::io::Result<Box<dyn Write + Send>> {
 /// The writer thread: blocking writes on a thread of its own, so neither the sink nor the
 /// file system ever stalls a worker. Ends when every sender is gone.
 fn write_lines(sink: LogSink, rx: mpsc::Receiver<String>, metrics: Arc<Metrics>) {
-    let out = match open(&sink) {
-        Ok(o) => o,
+    let mut out = match open(&sink) {
+        Ok(o) => std::io::BufWriter::with_capacity(64 * 1024, o),
         Err(e) => {
             tracing::error!(sink = ?sink, error = %e, "Cannot open the access log; its lines are dropped");
             // Keep draining so that senders count drops instead of filling the queue.
@@ -206,11 +208,29 @@ fn write_lines(sink: LogSink, rx: mpsc::Receiver<String>, metrics: Arc<Metrics>)
             return;
         }
     };
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut opened = file_id(&sink);
+    let mut checked = tokio::time::Instant::now();
     while let Ok(line) = rx.recv() {
         // Let a batch gather: one wake-up, write and flush per batch rather than per line
         // (senders do not wake a writer that is not waiting).
         std::thread::sleep(BATCH_WAIT);
+        // A file renamed or removed by log rotation is reopened at its path.
+        if checked.elapsed() >= ROTATION_CHECK {
+            checked = tokio::time::Instant::now();
+            if let LogSink::File(p) = &sink
+                && file_id(&sink) != opened
+            {
+                let _ = out.flush();
+                match open(&sink) {
+                    Ok(o) => {
+                        out = std::io::BufWriter::with_capacity(64 * 1024, o);
+                        opened = file_id(&sink);
+                        tracing::info!(path = %p.display(), "Access log reopened (rotated)");
+                    }
+                    Err(e) => tracing::warn!(path = %p.display(), error = %e, "Cannot reopen the rotated access log"),
+                }
+            }
+        }
         let mut batch = 1;
         let mut ok = out.write_all(line.as_bytes()).is_ok();
         // Everything already queued goes out in the same write; then one flush.
@@ -227,6 +247,15 @@ fn write_lines(sink: LogSink, rx: mpsc::Receiver<String>, metrics: Arc<Metrics>)
             metrics.access_log_dropped.fetch_add(batch, Ordering::Relaxed);
             tracing::warn!(sink = ?sink, "Writing the access log failed; lines dropped");
         }
+    }
+}
+
+/// Device and inode of the file at the sink's path (`None` if missing or not a file sink).
+fn file_id(sink: &LogSink) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    match sink {
+        LogSink::File(p) => std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())),
+        _ => None,
     }
 }
 

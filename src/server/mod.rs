@@ -82,8 +82,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn access_log(&self, cfg: Option<&AccessLogConfig>) -> Option<Arc<AccessLog>> {
-        let cfg = cfg?;
         let mut cur = self.access_log.lock();
+        let Some(cfg) = cfg else {
+            // No access log any more: the writer (and its file) go with the last request.
+            *cur = None;
+            return None;
+        };
         match &*cur {
             Some(a) if a.config() == cfg => Some(a.clone()),
             _ => {
