@@ -16,6 +16,10 @@ use crate::config::{AccessLogConfig, LogSink};
 
 /// Lines waiting for the writer; more are dropped.
 const QUEUE: usize = 8192;
+/// Bytes waiting for the writer; more are dropped.
+const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// Longest method written (extension methods are tokens of any length).
+const MAX_METHOD: usize = 32;
 /// How often the writer checks whether its file was rotated away.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 /// How long the writer lets lines gather before writing them out.
@@ -29,6 +33,18 @@ pub struct AccessLog {
     config: AccessLogConfig,
     tx: mpsc::SyncSender<String>,
     metrics: Arc<Metrics>,
+    state: Arc<WriterState>,
+    // Cold: taken once, by `close`.
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Shared between the senders and the writer thread.
+#[derive(Debug, Default)]
+struct WriterState {
+    /// Bytes of the lines in the queue: the queue is bounded in bytes too.
+    queued_bytes: std::sync::atomic::AtomicUsize,
+    /// Shutdown: write what is queued, then stop.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// What is known of a request when its response head is ready; completed when its body is
@@ -97,12 +113,32 @@ impl AccessLog {
     /// Start a writer for `config`. Lines are counted in `metrics`.
     pub fn start(config: AccessLogConfig, metrics: Arc<Metrics>) -> Arc<AccessLog> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let (sink, m) = (config.to.clone(), metrics.clone());
-        let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(sink, rx, m));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "Cannot start the access-log writer; its lines are dropped");
+        let state = Arc::new(WriterState::default());
+        let (sink, m, st) = (config.to.clone(), metrics.clone(), state.clone());
+        let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(sink, rx, m, st));
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot start the access-log writer; its lines are dropped");
+                None
+            }
+        };
+        Arc::new(AccessLog { config, tx, metrics, state, thread: parking_lot::Mutex::new(thread) })
+    }
+
+    /// Write out what is queued and stop the writer, waiting at most `wait` (a sink that
+    /// blocks for good is left behind). Blocking: call it off the async workers.
+    pub fn close(&self, wait: Duration) {
+        self.state.closing.store(true, Ordering::Release);
+        let Some(thread) = self.thread.lock().take() else { return };
+        let (done_tx, done_rx) = mpsc::channel();
+        let joiner = std::thread::Builder::new().name("access-log-close".into()).spawn(move || {
+            let _ = thread.join();
+            let _ = done_tx.send(());
+        });
+        if joiner.is_ok() && done_rx.recv_timeout(wait).is_err() {
+            tracing::warn!("The access log did not finish writing in time");
         }
-        Arc::new(AccessLog { config, tx, metrics })
     }
 
     /// The settings it runs with.
@@ -136,10 +172,21 @@ impl AccessLog {
                     push_u64(&mut l, u64::from(*o), 1);
                 }
             }
-            std::net::IpAddr::V6(a) => l.push_str(&a.to_string()),
+            std::net::IpAddr::V6(a) => {
+                use std::fmt::Write as _;
+                let _ = write!(l, "{a}");
+            }
         }
         l.push_str("\",\"method\":\"");
-        l.push_str(r.method.as_str());
+        // An extension method can be as long as the request head allows.
+        let method = r.method.as_str();
+        match method.get(..MAX_METHOD) {
+            Some(cut) if method.len() > MAX_METHOD => {
+                l.push_str(cut);
+                l.push('…');
+            }
+            _ => l.push_str(method),
+        }
         l.push_str("\",\"path\":\"");
         super::json_escape(&r.path, &mut l);
         l.push_str("\",\"version\":\"");
@@ -172,7 +219,10 @@ impl AccessLog {
             l.push('"');
         }
         l.push_str("}\n");
-        if self.tx.try_send(l).is_err() {
+        let len = l.len();
+        let queued = self.state.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if queued + len > MAX_QUEUED_BYTES || self.tx.try_send(l).is_err() {
+            self.state.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.metrics.access_log_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -186,68 +236,21 @@ fn write_ms(out: &mut String, d: Duration) {
     super::push_u64(out, us % 1000, 3);
 }
 
-fn open(sink: &LogSink) -> std::io::Result<Box<dyn Write + Send>> {
-    Ok(match sink {
-        LogSink::Stdout => Box::new(std::io::stdout()),
-        LogSink::Stderr => Box::new(std::io::stderr()),
-        LogSink::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
-    })
-}
+/// A sink opened, and the identity (device, inode) of the file it writes, if it is one.
+type Opened = (Box<dyn Write + Send>, Option<(u64, u64)>);
 
-/// The writer thread: blocking writes on a thread of its own, so neither the sink nor the
-/// file system ever stalls a worker. Ends when every sender is gone.
-fn write_lines(sink: LogSink, rx: mpsc::Receiver<String>, metrics: Arc<Metrics>) {
-    let mut out = match open(&sink) {
-        Ok(o) => std::io::BufWriter::with_capacity(64 * 1024, o),
-        Err(e) => {
-            tracing::error!(sink = ?sink, error = %e, "Cannot open the access log; its lines are dropped");
-            // Keep draining so that senders count drops instead of filling the queue.
-            while rx.recv().is_ok() {
-                metrics.access_log_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            return;
+fn open(sink: &LogSink) -> std::io::Result<Opened> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(match sink {
+        LogSink::Stdout => (Box::new(std::io::stdout()), None),
+        LogSink::Stderr => (Box::new(std::io::stderr()), None),
+        LogSink::File(p) => {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            // The identity of the file opened, not of whatever is at the path by now.
+            let id = f.metadata().ok().map(|m| (m.dev(), m.ino()));
+            (Box::new(f), id)
         }
-    };
-    let mut opened = file_id(&sink);
-    let mut checked = tokio::time::Instant::now();
-    while let Ok(line) = rx.recv() {
-        // Let a batch gather: one wake-up, write and flush per batch rather than per line
-        // (senders do not wake a writer that is not waiting).
-        std::thread::sleep(BATCH_WAIT);
-        // A file renamed or removed by log rotation is reopened at its path.
-        if checked.elapsed() >= ROTATION_CHECK {
-            checked = tokio::time::Instant::now();
-            if let LogSink::File(p) = &sink
-                && file_id(&sink) != opened
-            {
-                let _ = out.flush();
-                match open(&sink) {
-                    Ok(o) => {
-                        out = std::io::BufWriter::with_capacity(64 * 1024, o);
-                        opened = file_id(&sink);
-                        tracing::info!(path = %p.display(), "Access log reopened (rotated)");
-                    }
-                    Err(e) => tracing::warn!(path = %p.display(), error = %e, "Cannot reopen the rotated access log"),
-                }
-            }
-        }
-        let mut batch = 1;
-        let mut ok = out.write_all(line.as_bytes()).is_ok();
-        // Everything already queued goes out in the same write; then one flush.
-        while ok && let Ok(more) = rx.try_recv() {
-            ok = out.write_all(more.as_bytes()).is_ok();
-            batch += 1;
-        }
-        if ok {
-            ok = out.flush().is_ok();
-        }
-        if ok {
-            metrics.access_log_written.fetch_add(batch, Ordering::Relaxed);
-        } else {
-            metrics.access_log_dropped.fetch_add(batch, Ordering::Relaxed);
-            tracing::warn!(sink = ?sink, "Writing the access log failed; lines dropped");
-        }
-    }
+    })
 }
 
 /// Device and inode of the file at the sink's path (`None` if missing or not a file sink).
@@ -256,6 +259,96 @@ fn file_id(sink: &LogSink) -> Option<(u64, u64)> {
     match sink {
         LogSink::File(p) => std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())),
         _ => None,
+    }
+}
+
+/// The writer thread: blocking writes on a thread of its own, so neither the sink nor the
+/// file system ever stalls a worker. Ends when every sender is gone or [`AccessLog::close`]
+/// asks, after writing what is queued.
+fn write_lines(sink: LogSink, rx: mpsc::Receiver<String>, metrics: Arc<Metrics>, state: Arc<WriterState>) {
+    type Out = std::io::BufWriter<Box<dyn Write + Send>>;
+    let mut out: Option<(Out, Option<(u64, u64)>)> = None;
+    let mut last_attempt: Option<tokio::time::Instant> = None;
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    let mut warn = |what: &str, error: &dyn std::fmt::Display| {
+        // At most one warning every 10 s, however often the sink fails.
+        if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            last_warning = Some(tokio::time::Instant::now());
+            tracing::warn!(sink = ?sink, error = %error, "{what}");
+        }
+    };
+    loop {
+        let first = match rx.recv_timeout(ROTATION_CHECK) {
+            Ok(line) => Some(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let closing = state.closing.load(Ordering::Acquire);
+        if first.is_some() && !closing {
+            // Let a batch gather: one wake-up, write and flush per batch rather than per
+            // line (senders do not wake a writer that is not waiting).
+            std::thread::sleep(BATCH_WAIT);
+        }
+        // (Re)open: at start, after a failure, or when the file was rotated away.
+        let due = last_attempt.is_none_or(|t| t.elapsed() >= ROTATION_CHECK);
+        let rotated = matches!(&out, Some((_, id)) if id.is_some() && file_id(&sink) != *id);
+        if due && (out.is_none() || rotated) {
+            last_attempt = Some(tokio::time::Instant::now());
+            if let Some((mut o, _)) = out.take() {
+                let _ = o.flush();
+                if let LogSink::File(p) = &sink {
+                    tracing::info!(path = %p.display(), "Access log reopened (rotated)");
+                }
+            }
+            match open(&sink) {
+                Ok((o, id)) => out = Some((std::io::BufWriter::with_capacity(64 * 1024, o), id)),
+                Err(e) => warn("Cannot open the access log; its lines are dropped until it can be", &e),
+            }
+        }
+        let mut lines = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        let mut batch = 0u64;
+        let mut failed = None;
+        for line in &mut lines {
+            state.queued_bytes.fetch_sub(line.len(), Ordering::AcqRel);
+            batch += 1;
+            if let Some((o, _)) = &mut out
+                && let Err(e) = o.write_all(line.as_bytes())
+            {
+                failed = Some(e);
+                break;
+            }
+        }
+        if failed.is_none()
+            && let Some((o, _)) = &mut out
+            && let Err(e) = o.flush()
+        {
+            failed = Some(e);
+        }
+        match (&out, failed) {
+            (Some(_), None) => {
+                metrics.access_log_written.fetch_add(batch, Ordering::Relaxed);
+            }
+            (_, failed) => {
+                // Nothing kept of a failed batch: a half-written buffer is discarded with the
+                // writer, and the sink is opened afresh at the next check.
+                let mut rest = 0u64;
+                for l in lines {
+                    state.queued_bytes.fetch_sub(l.len(), Ordering::AcqRel);
+                    rest += 1;
+                }
+                metrics.access_log_dropped.fetch_add(batch + rest, Ordering::Relaxed);
+                if let Some(e) = failed {
+                    warn("Writing the access log failed; lines dropped", &e);
+                    out = None;
+                }
+            }
+        }
+        if closing && rx.try_recv().is_err() {
+            break;
+        }
+    }
+    if let Some((mut o, _)) = out {
+        let _ = o.flush();
     }
 }
 

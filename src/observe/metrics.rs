@@ -41,10 +41,11 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// A latency histogram.
 #[derive(Debug, Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    /// Observations above the last bound are counted in `count` only (+Inf).
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+    /// One per bound, and a last one for everything above (+Inf). The count is their sum,
+    /// so a scrape never sees `+Inf` below a finite bucket.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Microseconds (a u64 of them lasts half a million years of summed time).
+    sum_micros: AtomicU64,
 }
 
 impl Histogram {
@@ -52,11 +53,9 @@ impl Histogram {
     #[inline]
     pub fn observe(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        if let Some(i) = BUCKET_NANOS.iter().position(|b| nanos <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let i = BUCKET_NANOS.iter().position(|b| nanos <= *b).unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(nanos / 1000, Ordering::Relaxed);
     }
 
     fn write(&self, out: &mut String, name: &str, labels: &str) {
@@ -65,9 +64,9 @@ impl Histogram {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let count = cumulative + self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
@@ -163,9 +162,12 @@ impl Metrics {
         for (name, m) in &routes {
             let name = label(name);
             for (mi, method) in METHODS.iter().enumerate() {
+                // Every class of a method once it has been seen, zeros included, so that the
+                // first 5xx of a route is an increase from 0 that `rate` can see.
+                let seen = m.requests[mi].iter().any(|c| c.load(Ordering::Relaxed) > 0);
                 for (ci, class) in CLASSES.iter().enumerate() {
                     let n = m.requests[mi][ci].load(Ordering::Relaxed);
-                    if n > 0 {
+                    if seen {
                         let _ = writeln!(
                             out,
                             "portcullis_requests_total{{route=\"{name}\",method=\"{method}\",status=\"{class}\"}} {n}"

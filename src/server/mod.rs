@@ -234,13 +234,31 @@ impl crate::admin::Node for NodeView {
             for t in &u.targets {
                 let _ = writeln!(
                     out,
-                    "portcullis_target_healthy{{upstream=\"{}\",target=\"{}\",role=\"{}\",state=\"{}\"}} {}",
+                    "portcullis_target_healthy{{upstream=\"{}\",target=\"{}\",role=\"{}\"}} {}",
                     label_value(&u.name),
                     label_value(&t.health.url),
                     if t.health.backup { "backup" } else { "primary" },
-                    t.health.state,
                     u8::from(t.health.state == "healthy")
                 );
+            }
+        }
+        gauge_header(
+            &mut out,
+            "portcullis_target_state",
+            "1 for the state the target is in, 0 for the others.",
+            "gauge",
+        );
+        for u in &ups {
+            for t in &u.targets {
+                for state in ["healthy", "unhealthy", "ejected"] {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_target_state{{upstream=\"{}\",target=\"{}\",state=\"{state}\"}} {}",
+                        label_value(&u.name),
+                        label_value(&t.health.url),
+                        u8::from(t.health.state == state)
+                    );
+                }
             }
         }
         gauge_header(&mut out, "portcullis_target_in_flight", "Requests in flight to the target.", "gauge");
@@ -513,6 +531,11 @@ impl Gateway {
         self.inner.shared.shutdown.cancel();
         self.inner.tracker.close();
         let drained = tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok();
+        // The last lines reach the access log before the process goes.
+        let log = self.inner.shared.access_log.lock().clone();
+        if let Some(log) = log {
+            let _ = tokio::task::spawn_blocking(move || log.close(Duration::from_secs(2))).await;
+        }
         self.inner.admin_stop.cancel();
         self.inner.listeners.lock().clear();
         drained

@@ -20,6 +20,7 @@ use crate::body::{Done, Finish, GwBody};
 use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
 use crate::observe::access::{Record, clip_path, trace_id};
+use crate::observe::metrics::Metrics;
 use crate::observe::new_request_id;
 use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
 use crate::protect::{BodyProgress, ConnState, LimitedBody};
@@ -55,32 +56,108 @@ struct Outcome {
     path: Option<String>,
 }
 
+/// What a request's metrics and access-log line need, gathered as it goes. Turned into the
+/// response body's [`Finish`] once the response is ready; if the request is dropped before
+/// that (the client went away, or shutdown ran out of time), it is recorded on drop with
+/// status 499, so that abandoned requests are neither uncounted nor unlogged.
+struct Recorder {
+    started: Instant,
+    method: Method,
+    version: Version,
+    snap: Arc<Snapshot>,
+    metrics: Arc<Metrics>,
+    client: std::net::IpAddr,
+    request_id: HeaderValue,
+    trace: Option<[u8; 32]>,
+    progress: Option<Arc<BodyProgress>>,
+    outcome: Outcome,
+    armed: bool,
+}
+
+/// nginx's "client closed request".
+const CLIENT_CLOSED: u16 = 499;
+
+impl Recorder {
+    fn finish(&mut self, status: u16) -> Finish {
+        self.armed = false;
+        let snap = &self.snap;
+        let outcome = &mut self.outcome;
+        let metrics = match outcome.route.and_then(|i| snap.route_metrics.get(i)) {
+            Some(m) => m.clone(),
+            None => self.metrics.unmatched().clone(),
+        };
+        metrics.answered(&self.method, status);
+        if let Some(d) = outcome.upstream {
+            metrics.upstream.observe(d);
+        }
+        let log = snap.access_log.as_ref().map(|log| {
+            let route = outcome.route.and_then(|i| snap.config.routes.get(i));
+            let upstream = route.and_then(|r| snap.upstreams.get(r.upstream));
+            let record = Record {
+                request_id: self.request_id.clone(),
+                route: outcome.route.and_then(|i| snap.route_names.get(i)).cloned(),
+                client: self.client,
+                method: self.method.clone(),
+                path: outcome.path.take().unwrap_or_default(),
+                version: match self.version {
+                    Version::HTTP_2 => "HTTP/2.0",
+                    Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                status,
+                upstream: route.and_then(|r| snap.upstream_names.get(r.upstream)).cloned(),
+                target: upstream.zip(outcome.target).and_then(|(u, i)| u.target(i)).cloned(),
+                upstream_time: outcome.upstream,
+                trace_id: self.trace,
+            };
+            (log.clone(), Box::new(record), self.progress.clone())
+        });
+        Finish { started: self.started, metrics, log, bytes_out: 0 }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.armed {
+            drop(self.finish(CLIENT_CLOSED));
+        }
+    }
+}
+
 pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<GwBody>, Infallible> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let version = req.version();
-
     // Counted as finished when the response body is done, or here if the request is dropped.
     let done = ctx.state.as_ref().map(Done::start);
     let progress =
-        (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::new(Instant::now() + ctx.limits.body_timeout)));
+        (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::new(started + ctx.limits.body_timeout)));
     let snap = ctx.gw.snapshot.load_full();
     let logging = snap.access_log.is_some();
-    let trace = if logging { req.headers().get("traceparent").and_then(|v| trace_id(v.as_bytes())) } else { None };
-    let raw_path = if logging { Some(clip_path(req.uri().path())) } else { None };
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut outcome = Outcome { path: raw_path, ..Outcome::default() };
-    let mut res = match proxy(&ctx, &snap, req, &request_id, progress.as_ref(), &mut outcome).await {
+    let mut rec = Recorder {
+        started,
+        method: req.method().clone(),
+        version: req.version(),
+        trace: if logging { req.headers().get("traceparent").and_then(|v| trace_id(v.as_bytes())) } else { None },
+        outcome: Outcome { path: if logging { Some(clip_path(req.uri().path())) } else { None }, ..Outcome::default() },
+        metrics: ctx.gw.shared.metrics.clone(),
+        client: ctx.peer.ip().to_canonical(),
+        request_id: request_id.clone(),
+        progress: progress.clone(),
+        snap,
+        armed: true,
+    };
+    let mut res = match proxy(&ctx, &rec.snap, req, &request_id, progress.as_ref(), &mut rec.outcome).await {
         Ok(r) => r,
         Err(e) => {
             let (status, _, _) = e.describe();
+            let version = rec.snap.version;
             if status.is_server_error() {
-                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), request_id = ?request_id, client = %ctx.peer, config_version = snap.version, status = status.as_u16(), "Request failed");
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), request_id = ?request_id, client = %ctx.peer, config_version = version, status = status.as_u16(), "Request failed");
             } else {
-                tracing::debug!(error = %e, request_id = ?request_id, client = %ctx.peer, config_version = snap.version, status = status.as_u16(), "Request refused");
+                tracing::debug!(error = %e, request_id = ?request_id, client = %ctx.peer, config_version = version, status = status.as_u16(), "Request refused");
             }
             rescue(&e, &request_id)
         }
@@ -100,37 +177,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     if let Some(d) = done {
         res.body_mut().track(d);
     }
-    let metrics = match outcome.route.and_then(|i| snap.route_metrics.get(i)) {
-        Some(m) => m.clone(),
-        None => ctx.gw.shared.metrics.unmatched().clone(),
-    };
-    metrics.answered(&method, res.status().as_u16());
-    if let Some(d) = outcome.upstream {
-        metrics.upstream.observe(d);
-    }
-    let log = snap.access_log.as_ref().map(|log| {
-        let route = outcome.route.and_then(|i| snap.config.routes.get(i));
-        let upstream = route.and_then(|r| snap.upstreams.get(r.upstream));
-        let record = Record {
-            request_id: request_id.clone(),
-            route: outcome.route.and_then(|i| snap.route_names.get(i)).cloned(),
-            client: ctx.peer.ip(),
-            method,
-            path: outcome.path.take().unwrap_or_default(),
-            version: match version {
-                Version::HTTP_2 => "HTTP/2.0",
-                Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
-            status: res.status().as_u16(),
-            upstream: route.and_then(|r| snap.upstream_names.get(r.upstream)).cloned(),
-            target: upstream.zip(outcome.target).and_then(|(u, i)| u.target(i)).cloned(),
-            upstream_time: outcome.upstream,
-            trace_id: trace,
-        };
-        (log.clone(), Box::new(record), progress.clone())
-    });
-    res.body_mut().on_finish(Finish { started, metrics, log, bytes_out: 0 });
+    let finish = rec.finish(res.status().as_u16());
+    res.body_mut().on_finish(finish);
     Ok(res)
 }
 
@@ -240,7 +288,10 @@ async fn proxy(
     };
     let sent = Instant::now();
     let forwarded = upstream.forward(upstream_req, call).await;
-    outcome.upstream = Some(sent.elapsed());
+    // Refused before anything was sent (nothing healthy, breaker full): no upstream time.
+    if !matches!(forwarded, Err(GatewayError::NoTarget { .. } | GatewayError::Overloaded { .. })) {
+        outcome.upstream = Some(sent.elapsed());
+    }
     let (res, loan, target) = forwarded?;
     outcome.target = Some(target);
 
