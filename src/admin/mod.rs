@@ -186,7 +186,12 @@ pub async fn serve(
     let token = token.filter(|t| t.len() >= MIN_TOKEN_LEN);
     if let Ok(addr) = sock.local_addr() {
         if token.is_none() {
-            tracing::warn!(addr = %addr, "Admin API without a token: only /healthz, /readyz and /api/v1/openapi.json answer");
+            let open = if public_metrics {
+                "only /healthz, /readyz, /metrics and /api/v1/openapi.json answer"
+            } else {
+                "only /healthz, /readyz and /api/v1/openapi.json answer"
+            };
+            tracing::warn!(addr = %addr, "Admin API without a token: {open}");
         }
         if !addr.ip().is_loopback() {
             tracing::warn!(addr = %addr, "Admin API listens beyond loopback: keep it behind a firewall");

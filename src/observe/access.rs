@@ -343,13 +343,17 @@ fn write_lines(sink: LogSink, rx: mpsc::Receiver<String>, metrics: Arc<Metrics>,
                 }
             }
         }
-        if closing && rx.try_recv().is_err() {
+        // The batch above took everything queued.
+        if closing {
             break;
         }
     }
     if let Some((mut o, _)) = out {
         let _ = o.flush();
     }
+    // Lines that came after the last batch of a close are counted, not silently lost.
+    let late = std::iter::from_fn(|| rx.try_recv().ok()).count() as u64;
+    metrics.access_log_dropped.fetch_add(late, Ordering::Relaxed);
 }
 
 #[cfg(test)]

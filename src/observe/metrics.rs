@@ -3,7 +3,8 @@
 //!
 //! Cardinality is bounded by construction: labels are route names, upstream names and
 //! target `host:port`s from the config, a fixed set of methods and status classes — never a
-//! raw path, client address or credential. Per-route counters are made when a config is
+//! raw path, client address or credential (targets appear as `http://host:port`, as in the
+//! admin API). Per-route counters are made when a config is
 //! compiled and kept across reloads (by route name), so the request path only does relaxed
 //! atomic adds on handles it already holds: no lock, no lookup, no allocation.
 
