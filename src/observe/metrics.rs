@@ -123,8 +123,8 @@ pub struct Metrics {
     pub access_log_written: AtomicU64,
 }
 
-/// Escape a label value (the names we use are plain, but never trust that).
-fn label(v: &str) -> String {
+/// A label value, escaped (the names we use are plain, but never trust that).
+pub fn label_value(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
     for c in v.chars() {
         match c {
@@ -161,7 +161,7 @@ impl Metrics {
         routes.push((String::new(), self.unmatched.clone()));
         out.push_str("# HELP portcullis_requests_total Requests answered, by route (empty: no route matched), method and status class.\n# TYPE portcullis_requests_total counter\n");
         for (name, m) in &routes {
-            let name = label(name);
+            let name = label_value(name);
             for (mi, method) in METHODS.iter().enumerate() {
                 // Every class of a method once it has been seen, zeros included, so that the
                 // first 5xx of a route is an increase from 0 that `rate` can see.
@@ -179,11 +179,11 @@ impl Metrics {
         }
         out.push_str("# HELP portcullis_request_duration_seconds Time from the request head to the end of the response body, by route.\n# TYPE portcullis_request_duration_seconds histogram\n");
         for (name, m) in &routes {
-            m.duration.write(out, "portcullis_request_duration_seconds", &format!("route=\"{}\"", label(name)));
+            m.duration.write(out, "portcullis_request_duration_seconds", &format!("route=\"{}\"", label_value(name)));
         }
         out.push_str("# HELP portcullis_upstream_duration_seconds Time from sending a request upstream to its response head (retries included), by route.\n# TYPE portcullis_upstream_duration_seconds histogram\n");
         for (name, m) in routes.iter().filter(|(n, _)| !n.is_empty()) {
-            m.upstream.write(out, "portcullis_upstream_duration_seconds", &format!("route=\"{}\"", label(name)));
+            m.upstream.write(out, "portcullis_upstream_duration_seconds", &format!("route=\"{}\"", label_value(name)));
         }
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
@@ -209,14 +209,22 @@ impl Metrics {
     }
 }
 
-/// Write one gauge family.
-pub fn gauge_header(out: &mut String, name: &str, help: &str, kind: &str) {
+/// The HELP and TYPE lines of one metric family.
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
-/// A label value, escaped.
-pub fn label_value(v: &str) -> String {
-    label(v)
+/// One metric family: its HELP and TYPE lines, then a sample per (labels, value); `labels`
+/// is `k="v",…` with values escaped by [`label_value`], or empty.
+pub fn family(out: &mut String, name: &str, help: &str, kind: &str, samples: impl IntoIterator<Item = (String, u64)>) {
+    header(out, name, help, kind);
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
 }
 
 /// Process metrics from `/proc/self` (Linux): CPU seconds, resident memory, open files,
@@ -229,16 +237,16 @@ pub fn write_process(out: &mut String, started_unix: f64) {
         let f: Vec<&str> = rest.split_whitespace().collect();
         // Fields after the command: state is 0, utime 11, stime 12, rss 21 (pages).
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        gauge_header(out, "process_cpu_seconds_total", "User and system CPU time.", "counter");
+        header(out, "process_cpu_seconds_total", "User and system CPU time.", "counter");
         let _ = writeln!(out, "process_cpu_seconds_total {}", (num(11) + num(12)) / ticks);
-        gauge_header(out, "process_resident_memory_bytes", "Resident memory.", "gauge");
+        header(out, "process_resident_memory_bytes", "Resident memory.", "gauge");
         let _ = writeln!(out, "process_resident_memory_bytes {}", num(21) * 4096.0);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        gauge_header(out, "process_open_fds", "Open file descriptors.", "gauge");
+        header(out, "process_open_fds", "Open file descriptors.", "gauge");
         let _ = writeln!(out, "process_open_fds {}", fds.count());
     }
-    gauge_header(out, "process_start_time_seconds", "Start time, seconds since the Unix epoch.", "gauge");
+    header(out, "process_start_time_seconds", "Start time, seconds since the Unix epoch.", "gauge");
     let _ = writeln!(out, "process_start_time_seconds {started_unix}");
 }
 
@@ -266,6 +274,6 @@ mod tests {
         assert!(s.contains("x_bucket{route=\"r\",le=\"30\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{route=\"r\",le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count{route=\"r\"} 3\n"), "{s}");
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

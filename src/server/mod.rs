@@ -25,10 +25,11 @@ use crate::config::AccessLogConfig;
 use crate::config::{self, Config, ConfigErrors, ListenerConfig};
 use crate::health::HealthCache;
 use crate::observe::access::AccessLog;
-use crate::observe::metrics::{Metrics, RouteMetrics, gauge_header, label_value, write_process};
+use crate::observe::metrics::{Metrics, RouteMetrics, family, label_value, write_process};
 use crate::protect::ConnLimiter;
 use crate::router::Table;
 use crate::upstream::{PoolCache, Upstream, Upstreams};
+use crate::upstream::{TargetView, UpstreamStatus};
 
 pub use watch::watch_config;
 
@@ -190,101 +191,75 @@ impl crate::admin::Node for NodeView {
     }
 
     fn metrics(&self) -> String {
-        use std::fmt::Write as _;
         let mut out = String::with_capacity(16 * 1024);
         self.0.shared.metrics.write_requests(&mut out);
         let snap = self.0.snapshot.load_full();
-        gauge_header(&mut out, "portcullis_config_version", "The config version serving now.", "gauge");
-        let _ = writeln!(out, "portcullis_config_version {}", snap.version);
+        family(
+            &mut out,
+            "portcullis_config_version",
+            "The config version serving now.",
+            "gauge",
+            [(String::new(), snap.version)],
+        );
         let ups: Vec<_> = snap.upstreams.iter().map(|u| u.status()).collect();
-        gauge_header(&mut out, "portcullis_upstream_in_flight", "Requests in flight to the upstream.", "gauge");
-        for u in &ups {
-            let _ =
-                writeln!(out, "portcullis_upstream_in_flight{{upstream=\"{}\"}} {}", label_value(&u.name), u.in_flight);
-        }
-        gauge_header(&mut out, "portcullis_upstream_pending", "Requests waiting for a circuit-breaker slot.", "gauge");
-        for u in &ups {
-            let _ = writeln!(out, "portcullis_upstream_pending{{upstream=\"{}\"}} {}", label_value(&u.name), u.pending);
-        }
-        gauge_header(&mut out, "portcullis_upstream_retries_total", "Retries made to other targets.", "counter");
-        for u in &ups {
-            let _ = writeln!(
-                out,
-                "portcullis_upstream_retries_total{{upstream=\"{}\"}} {}",
-                label_value(&u.name),
-                u.retries
-            );
-        }
-        gauge_header(&mut out, "portcullis_upstream_healthy_targets", "Targets able to serve now.", "gauge");
-        for u in &ups {
-            let _ = writeln!(
-                out,
-                "portcullis_upstream_healthy_targets{{upstream=\"{}\"}} {}",
-                label_value(&u.name),
-                u.healthy
-            );
-        }
-        gauge_header(
+        let upstream = |u: &UpstreamStatus| format!("upstream=\"{}\"", label_value(&u.name));
+        let per_upstream = |out: &mut String, name: &str, help: &str, kind: &str, value: fn(&UpstreamStatus) -> u64| {
+            family(out, name, help, kind, ups.iter().map(|u| (upstream(u), value(u))));
+        };
+        per_upstream(&mut out, "portcullis_upstream_in_flight", "Requests in flight to the upstream.", "gauge", |u| {
+            u.in_flight.into()
+        });
+        per_upstream(
+            &mut out,
+            "portcullis_upstream_pending",
+            "Requests waiting for a circuit-breaker slot.",
+            "gauge",
+            |u| u.pending.into(),
+        );
+        per_upstream(&mut out, "portcullis_upstream_retries_total", "Retries made to other targets.", "counter", |u| {
+            u.retries
+        });
+        per_upstream(&mut out, "portcullis_upstream_healthy_targets", "Targets able to serve now.", "gauge", |u| {
+            u.healthy as u64
+        });
+        let targets = || ups.iter().flat_map(|u| u.targets.iter().map(move |t| (u, t)));
+        let target = |u: &UpstreamStatus, t: &TargetView| {
+            format!("upstream=\"{}\",target=\"{}\"", label_value(&u.name), label_value(&t.health.url))
+        };
+        family(
             &mut out,
             "portcullis_target_healthy",
             "1 if the target is in rotation, 0 if unhealthy (probes) or ejected (passive detection).",
             "gauge",
+            targets().map(|(u, t)| {
+                let role = if t.health.backup { "backup" } else { "primary" };
+                (format!("{},role=\"{role}\"", target(u, t)), u64::from(t.health.state == "healthy"))
+            }),
         );
-        for u in &ups {
-            for t in &u.targets {
-                let _ = writeln!(
-                    out,
-                    "portcullis_target_healthy{{upstream=\"{}\",target=\"{}\",role=\"{}\"}} {}",
-                    label_value(&u.name),
-                    label_value(&t.health.url),
-                    if t.health.backup { "backup" } else { "primary" },
-                    u8::from(t.health.state == "healthy")
-                );
-            }
-        }
-        gauge_header(
+        family(
             &mut out,
             "portcullis_target_state",
             "1 for the state the target is in, 0 for the others.",
             "gauge",
+            targets().flat_map(|(u, t)| {
+                ["healthy", "unhealthy", "ejected"]
+                    .map(|state| (format!("{},state=\"{state}\"", target(u, t)), u64::from(t.health.state == state)))
+            }),
         );
-        for u in &ups {
-            for t in &u.targets {
-                for state in ["healthy", "unhealthy", "ejected"] {
-                    let _ = writeln!(
-                        out,
-                        "portcullis_target_state{{upstream=\"{}\",target=\"{}\",state=\"{state}\"}} {}",
-                        label_value(&u.name),
-                        label_value(&t.health.url),
-                        u8::from(t.health.state == state)
-                    );
-                }
-            }
-        }
-        gauge_header(&mut out, "portcullis_target_in_flight", "Requests in flight to the target.", "gauge");
-        for u in &ups {
-            for t in &u.targets {
-                let _ = writeln!(
-                    out,
-                    "portcullis_target_in_flight{{upstream=\"{}\",target=\"{}\"}} {}",
-                    label_value(&u.name),
-                    label_value(&t.health.url),
-                    t.health.in_flight
-                );
-            }
-        }
-        gauge_header(&mut out, "portcullis_target_ejections_total", "Passive ejections of the target.", "counter");
-        for u in &ups {
-            for t in &u.targets {
-                let _ = writeln!(
-                    out,
-                    "portcullis_target_ejections_total{{upstream=\"{}\",target=\"{}\"}} {}",
-                    label_value(&u.name),
-                    label_value(&t.health.url),
-                    t.health.ejections_total
-                );
-            }
-        }
+        family(
+            &mut out,
+            "portcullis_target_in_flight",
+            "Requests in flight to the target.",
+            "gauge",
+            targets().map(|(u, t)| (target(u, t), u64::from(t.health.in_flight))),
+        );
+        family(
+            &mut out,
+            "portcullis_target_ejections_total",
+            "Passive ejections of the target.",
+            "counter",
+            targets().map(|(u, t)| (target(u, t), t.health.ejections_total)),
+        );
         let started = self.0.started_wall.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         write_process(&mut out, started);
         out
