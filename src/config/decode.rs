@@ -76,6 +76,21 @@ impl<'n> Fields<'n> {
         if v.is_null() { None } else { Some((v, join(&self.path, key))) }
     }
 
+    /// Parse `key` with `parse` into `slot`, if present (left as it is on an error).
+    fn set<T>(
+        &mut self,
+        d: &mut Decoder<'_>,
+        key: &'static str,
+        parse: impl FnOnce(&mut Decoder<'_>, &Node, &str) -> Option<T>,
+        slot: &mut T,
+    ) {
+        if let Some((n, p)) = self.get(key)
+            && let Some(v) = parse(d, n, &p)
+        {
+            *slot = v;
+        }
+    }
+
     /// Refuse a key that names a capability this version does not have yet.
     fn unsupported(&mut self, d: &mut Decoder<'_>, key: &'static str, what: &str) {
         self.known.push(key);
@@ -341,11 +356,7 @@ fn default_node() -> NodeConfig {
 fn decode_node(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<NodeConfig> {
     let mut out = default_node();
     let mut f = Fields::new(d, node, path)?;
-    if let Some((n, p)) = f.get("name")
-        && let Some(v) = name(d, n, &p)
-    {
-        out.name = v;
-    }
+    f.set(d, "name", name, &mut out.name);
     if let Some((n, p)) = f.get("workers")
         && let Some(v) = scalar(d, n, &p)
         && v != "auto"
@@ -355,11 +366,7 @@ fn decode_node(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<NodeConfi
             None => d.err(n.pos, &p, format!("expected `auto` or a number of threads from 1 to 1024, found `{v}`")),
         }
     }
-    if let Some((n, p)) = f.get("shutdown_grace")
-        && let Some(v) = duration(d, n, &p)
-    {
-        out.shutdown_grace = v;
-    }
+    f.set(d, "shutdown_grace", duration, &mut out.shutdown_grace);
     f.unsupported(d, "store", "`node.store` (the embedded store)");
     f.finish(d);
     Some(out)
@@ -431,26 +438,20 @@ fn decode_limits(d: &mut Decoder<'_>, node: &Node, path: &str) -> ListenerLimits
     dur!("header_timeout", header_timeout);
     dur!("body_timeout", body_timeout);
     dur!("idle_timeout", idle_timeout);
-    if let Some((n, p)) = f.get("max_header_bytes")
-        && let Some(v) = size(d, n, &p, 1024, 1024 * 1024)
-    {
-        l.max_header_bytes = v as usize;
-    }
-    if let Some((n, p)) = f.get("max_body_bytes")
-        && let Some(v) = size(d, n, &p, 0, 1 << 40)
-    {
-        l.max_body_bytes = v;
-    }
-    if let Some((n, p)) = f.get("max_connections_per_ip")
-        && let Some(v) = integer(d, n, &p, 1, 1_000_000)
-    {
-        l.max_connections_per_ip = v as u32;
-    }
-    if let Some((n, p)) = f.get("max_connections")
-        && let Some(v) = integer(d, n, &p, 1, 1_000_000)
-    {
-        l.max_connections = v as u32;
-    }
+    f.set(
+        d,
+        "max_header_bytes",
+        |d, n, p| size(d, n, p, 1024, 1024 * 1024).map(|v| v as usize),
+        &mut l.max_header_bytes,
+    );
+    f.set(d, "max_body_bytes", |d, n, p| size(d, n, p, 0, 1 << 40), &mut l.max_body_bytes);
+    f.set(
+        d,
+        "max_connections_per_ip",
+        |d, n, p| integer(d, n, p, 1, 1_000_000).map(|v| v as u32),
+        &mut l.max_connections_per_ip,
+    );
+    f.set(d, "max_connections", |d, n, p| integer(d, n, p, 1, 1_000_000).map(|v| v as u32), &mut l.max_connections);
     f.finish(d);
     l
 }
@@ -523,21 +524,9 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
         if let Some((n, p)) = f.get("timeouts")
             && let Some(mut tf) = Fields::new(d, n, &p)
         {
-            if let Some((n, p)) = tf.get("connect")
-                && let Some(v) = duration(d, n, &p)
-            {
-                connect = v;
-            }
-            if let Some((n, p)) = tf.get("response")
-                && let Some(v) = duration(d, n, &p)
-            {
-                response = v;
-            }
-            if let Some((n, p)) = tf.get("idle")
-                && let Some(v) = duration(d, n, &p)
-            {
-                idle = v;
-            }
+            tf.set(d, "connect", duration, &mut connect);
+            tf.set(d, "response", duration, &mut response);
+            tf.set(d, "idle", duration, &mut idle);
             tf.finish(d);
         }
         let health = match f.get("health") {
@@ -557,16 +546,18 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
         if let Some((n, p)) = f.get("limits")
             && let Some(mut lf) = Fields::new(d, n, &p)
         {
-            if let Some((n, p)) = lf.get("max_connections")
-                && let Some(v) = integer(d, n, &p, 1, 1_000_000)
-            {
-                limits.max_connections = v as u32;
-            }
-            if let Some((n, p)) = lf.get("max_pending")
-                && let Some(v) = integer(d, n, &p, 0, 1_000_000)
-            {
-                limits.max_pending = v as u32;
-            }
+            lf.set(
+                d,
+                "max_connections",
+                |d, n, p| integer(d, n, p, 1, 1_000_000).map(|v| v as u32),
+                &mut limits.max_connections,
+            );
+            lf.set(
+                d,
+                "max_pending",
+                |d, n, p| integer(d, n, p, 0, 1_000_000).map(|v| v as u32),
+                &mut limits.max_pending,
+            );
             lf.finish(d);
         }
         f.unsupported(d, "tls", "TLS to upstreams (`tls`)");
@@ -680,16 +671,13 @@ fn decode_health(d: &mut Decoder<'_>, node: &Node, path: &str) -> HealthConfig {
     if let Some((n, p)) = f.get("passive")
         && let Some(mut pf) = Fields::new(d, n, &p)
     {
-        if let Some((n, p)) = pf.get("consecutive_failures")
-            && let Some(v) = integer(d, n, &p, 0, 10_000)
-        {
-            h.passive.consecutive_failures = v as u32;
-        }
-        if let Some((n, p)) = pf.get("eject_for")
-            && let Some(v) = duration(d, n, &p)
-        {
-            h.passive.eject_for = v;
-        }
+        pf.set(
+            d,
+            "consecutive_failures",
+            |d, n, p| integer(d, n, p, 0, 10_000).map(|v| v as u32),
+            &mut h.passive.consecutive_failures,
+        );
+        pf.set(d, "eject_for", duration, &mut h.passive.eject_for);
         let mut max_pos = None;
         if let Some((n, p)) = pf.get("max_eject_for")
             && let Some(v) = duration(d, n, &p)
@@ -703,23 +691,11 @@ fn decode_health(d: &mut Decoder<'_>, node: &Node, path: &str) -> HealthConfig {
                 None => h.passive.max_eject_for = h.passive.eject_for,
             }
         }
-        if let Some((n, p)) = pf.get("max_ejected")
-            && let Some(v) = percent(d, n, &p)
-        {
-            h.passive.max_ejected = v;
-        }
+        pf.set(d, "max_ejected", percent, &mut h.passive.max_ejected);
         pf.finish(d);
     }
-    if let Some((n, p)) = f.get("panic_threshold")
-        && let Some(v) = percent(d, n, &p)
-    {
-        h.panic_threshold = v;
-    }
-    if let Some((n, p)) = f.get("slow_start")
-        && let Some(v) = duration_or_zero(d, n, &p)
-    {
-        h.slow_start = v;
-    }
+    f.set(d, "panic_threshold", percent, &mut h.panic_threshold);
+    f.set(d, "slow_start", duration_or_zero, &mut h.slow_start);
     f.finish(d);
     h
 }
@@ -769,21 +745,9 @@ fn decode_active(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<ActiveH
         }
         a.interval = v;
     }
-    if let Some((n, p)) = f.get("timeout")
-        && let Some(v) = duration(d, n, &p)
-    {
-        a.timeout = v;
-    }
-    if let Some((n, p)) = f.get("healthy_after")
-        && let Some(v) = integer(d, n, &p, 1, 1000)
-    {
-        a.healthy_after = v as u32;
-    }
-    if let Some((n, p)) = f.get("unhealthy_after")
-        && let Some(v) = integer(d, n, &p, 1, 1000)
-    {
-        a.unhealthy_after = v as u32;
-    }
+    f.set(d, "timeout", duration, &mut a.timeout);
+    f.set(d, "healthy_after", |d, n, p| integer(d, n, p, 1, 1000).map(|v| v as u32), &mut a.healthy_after);
+    f.set(d, "unhealthy_after", |d, n, p| integer(d, n, p, 1, 1000).map(|v| v as u32), &mut a.unhealthy_after);
     if let Some((n, p)) = f.get("statuses") {
         let mut ranges = Vec::new();
         for (i, item) in seq(d, n, &p).iter().enumerate() {
@@ -822,11 +786,7 @@ fn decode_retries(d: &mut Decoder<'_>, node: &Node, path: &str) -> RetryConfig {
     let Some(mut f) = Fields::new(d, node, path) else {
         return r;
     };
-    if let Some((n, p)) = f.get("attempts")
-        && let Some(v) = integer(d, n, &p, 1, 10)
-    {
-        r.attempts = v as u32;
-    }
+    f.set(d, "attempts", |d, n, p| integer(d, n, p, 1, 10).map(|v| v as u32), &mut r.attempts);
     if let Some((n, p)) = f.get("on") {
         r.on_connect_failure = false;
         r.on_reset = false;
@@ -852,16 +812,8 @@ fn decode_retries(d: &mut Decoder<'_>, node: &Node, path: &str) -> RetryConfig {
             }
         }
     }
-    if let Some((n, p)) = f.get("budget")
-        && let Some(v) = percent(d, n, &p)
-    {
-        r.budget = v;
-    }
-    if let Some((n, p)) = f.get("max_body")
-        && let Some(v) = size(d, n, &p, 0, 16 * 1024 * 1024)
-    {
-        r.max_body = v;
-    }
+    f.set(d, "budget", percent, &mut r.budget);
+    f.set(d, "max_body", |d, n, p| size(d, n, p, 0, 16 * 1024 * 1024), &mut r.max_body);
     f.finish(d);
     r
 }
@@ -885,11 +837,7 @@ fn decode_target(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<TargetC
         }
     };
     let mut weight = 1;
-    if let Some((n, p)) = f.get("weight")
-        && let Some(v) = integer(d, n, &p, 1, 1000)
-    {
-        weight = v as u32;
-    }
+    f.set(d, "weight", |d, n, p| integer(d, n, p, 1, 1000).map(|v| v as u32), &mut weight);
     f.finish(d);
     Some(TargetConfig { authority: authority?, weight })
 }
