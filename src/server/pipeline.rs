@@ -52,20 +52,22 @@ struct Outcome {
     upstream: Option<std::time::Duration>,
     /// The target that answered.
     target: Option<usize>,
-    /// The normalised path (kept only when there is an access log).
+    /// When there is an access log: the normalised path once known, else the request's
+    /// target as received (a cheap shared copy, turned into text only if it is logged).
     path: Option<String>,
+    raw: Option<http::Uri>,
 }
 
 /// What a request's metrics and access-log line need, gathered as it goes. Turned into the
 /// response body's [`Finish`] once the response is ready; if the request is dropped before
 /// that (the client went away, or shutdown ran out of time), it is recorded on drop with
 /// status 499, so that abandoned requests are neither uncounted nor unlogged.
-struct Recorder {
+struct Recorder<'a> {
     started: Instant,
     method: Method,
     version: Version,
     snap: Arc<Snapshot>,
-    metrics: Arc<Metrics>,
+    metrics: &'a Metrics,
     client: std::net::IpAddr,
     request_id: HeaderValue,
     trace: Option<[u8; 32]>,
@@ -77,7 +79,7 @@ struct Recorder {
 /// nginx's "client closed request".
 const CLIENT_CLOSED: u16 = 499;
 
-impl Recorder {
+impl Recorder<'_> {
     fn finish(&mut self, status: u16) -> Finish {
         self.armed = false;
         let snap = &self.snap;
@@ -98,7 +100,11 @@ impl Recorder {
                 route: outcome.route.and_then(|i| snap.route_names.get(i)).cloned(),
                 client: self.client,
                 method: self.method.clone(),
-                path: outcome.path.take().unwrap_or_default(),
+                path: outcome
+                    .path
+                    .take()
+                    .or_else(|| outcome.raw.as_ref().map(|u| clip_path(u.path())))
+                    .unwrap_or_default(),
                 version: match self.version {
                     Version::HTTP_2 => "HTTP/2.0",
                     Version::HTTP_10 => "HTTP/1.0",
@@ -116,7 +122,7 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
+impl Drop for Recorder<'_> {
     fn drop(&mut self) {
         if self.armed {
             drop(self.finish(CLIENT_CLOSED));
@@ -141,8 +147,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         method: req.method().clone(),
         version: req.version(),
         trace: if logging { req.headers().get("traceparent").and_then(|v| trace_id(v.as_bytes())) } else { None },
-        outcome: Outcome { path: if logging { Some(clip_path(req.uri().path())) } else { None }, ..Outcome::default() },
-        metrics: ctx.gw.shared.metrics.clone(),
+        outcome: Outcome { raw: logging.then(|| req.uri().clone()), ..Outcome::default() },
+        metrics: &ctx.gw.shared.metrics,
         client: ctx.peer.ip().to_canonical(),
         request_id: request_id.clone(),
         progress: progress.clone(),
@@ -233,7 +239,7 @@ async fn proxy(
 
     // router
     let path = normalise(parts.uri.path())?;
-    if outcome.path.is_some() {
+    if outcome.raw.is_some() {
         outcome.path = Some(clip_path(&path));
     }
     let original_host = request_authority(&parts).map_err(|e| GatewayError::BadRequest(e.0))?;
