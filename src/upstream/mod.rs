@@ -603,12 +603,7 @@ fn head_of(req: &Request<ProxyBody>) -> Request<()> {
 
 fn rebuild((head, body): &(Request<()>, Replayer)) -> Option<Request<ProxyBody>> {
     let body = body.body()?;
-    let mut req = Request::new(body);
-    *req.method_mut() = head.method().clone();
-    *req.uri_mut() = head.uri().clone();
-    *req.version_mut() = head.version();
-    *req.headers_mut() = head.headers().clone();
-    Some(req)
+    Some(head.clone().map(|()| body))
 }
 
 /// Wrap a client body for forwarding.
