@@ -84,23 +84,7 @@ async fn a_killed_target_costs_no_request_and_comes_back() {
     let gw = TestGateway::start(&config(&up, "")).await;
     let url = gw.url("/work");
     let total = 6_000;
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let (next, url) = (next.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let cl = client();
-            let mut failed = Vec::new();
-            while next.fetch_add(1, Ordering::SeqCst) < total {
-                let res = cl.request(Request::get(&url).body(full("")).expect("req")).await.expect("response");
-                if res.status() != 200 {
-                    failed.push(res.status().as_u16());
-                }
-                let _ = http_body_util::BodyExt::collect(res.into_body()).await;
-            }
-            failed
-        }));
-    }
+    let (next, load) = spawn_load(&url, total, 32);
     // Kill b once traffic flows.
     assert!(until(Duration::from_secs(20), || next.load(Ordering::SeqCst) > 1_000).await);
     b.stop();
@@ -116,10 +100,7 @@ async fn a_killed_target_costs_no_request_and_comes_back() {
     let bt = bt.expect("b listed");
     assert!(bt["reason"].as_str().unwrap_or("").contains("active probes fail"), "{bt}");
     assert_eq!(st["healthy"], 2);
-    let mut failed = Vec::new();
-    for t in tasks {
-        failed.extend(t.await.expect("task"));
-    }
+    let failed: Vec<u16> = load.await.expect("load").into_iter().filter(|s| *s != 200).collect();
     assert!(failed.is_empty(), "{} of {total} requests failed: {failed:?}", failed.len());
 
     // b comes back on the same port and returns to rotation.
@@ -240,22 +221,8 @@ async fn retry_budget_bounds_attempts_when_every_target_fails() {
     let gw = TestGateway::start(&config(&up, "")).await;
     let requests = 1_000;
     let url = gw.url("/b");
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let (next, url) = (next.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let cl = client();
-            while next.fetch_add(1, Ordering::SeqCst) < requests {
-                let res = cl.request(Request::get(&url).body(full("")).expect("req")).await.expect("response");
-                assert_eq!(res.status(), 503);
-                let _ = http_body_util::BodyExt::collect(res.into_body()).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
+    let (_, load) = spawn_load(&url, requests, 4);
+    assert!(load.await.expect("load").iter().all(|s| *s == 503));
     let attempts: usize = ups.iter().map(|u| u.count()).sum();
     let bound = requests + requests / 5 + portcullis::upstream::retry::RESERVE as usize + 4;
     assert!(attempts <= bound, "{attempts} upstream attempts for {requests} requests (bound {bound})");

@@ -206,23 +206,10 @@ async fn a_sink_that_takes_nothing_costs_dropped_lines_not_requests() {
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
     let gw = TestGateway::start_with_token(&with_access_log(up.addr, &fifo), Some(TOKEN)).await;
     let url = gw.url("/orders/x");
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let total = 9_000;
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let (next, url) = (next.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
-                let res = c.request(Request::get(&url).body(full("")).expect("req")).await.expect("res");
-                assert_eq!(res.status(), 200);
-                let _ = http_body_util::BodyExt::collect(res.into_body()).await;
-            }
-        }));
-    }
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(120), t).await.expect("requests kept flowing").expect("task");
-    }
+    let (_, load) = spawn_load(&url, total, 8);
+    let statuses = tokio::time::timeout(Duration::from_secs(120), load).await.expect("requests kept flowing");
+    assert!(statuses.expect("load").iter().all(|s| *s == 200));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (_, m) = scrape(&gw, Some(TOKEN)).await;
     let dropped = m.get(&key("portcullis_access_log_dropped_total", &[])).copied().unwrap_or(0.0);

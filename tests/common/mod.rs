@@ -356,3 +356,31 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (S
     let (out, closed) = read_to_close(&mut s, limit).await;
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
+
+/// Load: `total` GETs of `url` from `conc` concurrent keep-alive clients, in the background.
+/// The counter says how many have been started; the task returns every status received.
+pub fn spawn_load(url: &str, total: usize, conc: usize) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<Vec<u16>>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (next, url) = (next.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut statuses = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < total {
+                let res = c.request(Request::get(&url).body(full("")).expect("req")).await.expect("response");
+                statuses.push(res.status().as_u16());
+                let _ = res.into_body().collect().await;
+            }
+            statuses
+        }));
+    }
+    let all = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.extend(t.await.expect("load task"));
+        }
+        out
+    });
+    (next, all)
+}
