@@ -32,6 +32,20 @@ pub enum GatewayError {
     /// The request body did not arrive within the listener's `body_timeout`.
     #[error("the request body was not received in time")]
     BodyTimeout,
+    /// Authentication failed or no credential was presented (401).
+    #[error("authentication failed: {reason}")]
+    Unauthenticated {
+        /// `WWW-Authenticate` value.
+        challenge: HeaderValue,
+        /// Why, safe to show.
+        reason: &'static str,
+    },
+    /// Authenticated, but the route's `allow` rules refuse this caller (403).
+    #[error("access denied by the route's allow rules")]
+    Forbidden,
+    /// The credential could not be checked: no identity-provider keys are available (503).
+    #[error("identity provider keys are unavailable")]
+    AuthUnavailable,
     /// The upstream has no target to send to.
     #[error("upstream `{upstream}` has no available target")]
     NoTarget {
@@ -119,6 +133,17 @@ impl GatewayError {
             GatewayError::BodyTimeout => {
                 (StatusCode::REQUEST_TIMEOUT, "Request Timeout", "the request body was not received in time".into())
             }
+            GatewayError::Unauthenticated { reason, .. } => {
+                (StatusCode::UNAUTHORIZED, "Unauthorized", reason.to_string())
+            }
+            GatewayError::Forbidden => {
+                (StatusCode::FORBIDDEN, "Forbidden", "this caller is not allowed to use this route".into())
+            }
+            GatewayError::AuthUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "credentials cannot be checked right now: the identity provider's keys are unavailable".into(),
+            ),
             GatewayError::NoTarget { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable",
@@ -174,6 +199,9 @@ pub fn problem(status: StatusCode, title: &str, detail: &str, request_id: &Heade
 pub fn rescue(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> {
     let (status, title, detail) = err.describe();
     let mut res = problem(status, title, &detail, request_id);
+    if let GatewayError::Unauthenticated { challenge, .. } = err {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+    }
     if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST) {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -9,6 +9,7 @@
 //! command line.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -20,4 +21,5 @@ pub mod observe;
 pub mod protect;
 pub mod router;
 pub mod server;
+pub mod store;
 pub mod upstream;

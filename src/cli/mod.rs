@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`, `status`, `demo`.
+//! The command line: `run`, `validate`, `explain`, `status`, `consumers`, `keys`, `demo`.
 //!
 //! Exit codes: 0 success, 1 invalid input or refused, 2 usage error.
 
@@ -12,6 +12,7 @@ use crate::observe;
 use crate::server::{Gateway, StartOptions, source_hash, watch_config};
 
 mod explain;
+mod identity;
 mod status;
 
 /// Runs once the gateway's listeners are bound (the demo starts its backends here).
@@ -65,6 +66,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Manage consumers (identities that may call APIs) in the store the config names.
+    Consumers {
+        /// Config file naming the store (`node.store`).
+        #[arg(short = 'c', long = "config", global = true, default_value = "portcullis.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: identity::ConsumersCmd,
+    },
+    /// Issue, list and revoke API keys in the store the config names.
+    Keys {
+        /// Config file naming the store (`node.store`).
+        #[arg(short = 'c', long = "config", global = true, default_value = "portcullis.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: identity::KeysCmd,
+    },
     /// Start the gateway on examples/quickstart.yaml with two built-in sample backends.
     Demo {
         /// Config file (defaults to examples/quickstart.yaml, or a built-in copy of it).
@@ -85,6 +102,8 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Validate { config } => validate(&config),
         Cmd::Explain { config, method, url, headers } => explain::run(&config, &method, &url, &headers),
+        Cmd::Consumers { config, cmd } => identity::consumers(&config, cmd),
+        Cmd::Keys { config, cmd } => identity::keys(&config, cmd),
         Cmd::Status { admin, config, json } => status::run(admin.as_deref(), config.as_deref(), json),
         Cmd::Run { config } => {
             observe::init_logging();

@@ -13,6 +13,8 @@ use super::units::{parse_duration, parse_size};
 use super::yaml::{Kind, Node, Pos};
 use super::{ConfigError, ConfigErrors};
 
+mod auth;
+
 struct Decoder<'a> {
     file: &'a str,
     errors: Vec<ConfigError>,
@@ -267,12 +269,19 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         Some((n, p)) => decode_upstreams(d, n, &p),
         None => Vec::new(),
     };
+    let auth = match f.get("auth") {
+        Some((n, p)) => auth::decode_auth(d, n, &p),
+        None => AuthConfig::default(),
+    };
+    let consumers = match f.get("consumers") {
+        Some((n, p)) => auth::decode_consumers(d, n, &p),
+        None => Vec::new(),
+    };
     let routes = match f.get("routes") {
-        Some((n, p)) => decode_routes(d, n, &p, &upstreams),
+        Some((n, p)) => decode_routes(d, n, &p, &upstreams, &auth),
         None => Vec::new(),
     };
     let admin = f.get("admin").and_then(|(n, p)| decode_admin(d, n, &p));
-    f.unsupported(d, "auth", "authentication (`auth`)");
     f.unsupported(d, "protection", "`protection` (bans, IP rules)");
     let access_log = f.get("observability").and_then(|(n, p)| decode_observability(d, n, &p));
     f.unsupported(d, "cluster", "`cluster`");
@@ -290,6 +299,8 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         routes,
         admin,
         access_log,
+        auth,
+        consumers,
     })
 }
 
@@ -350,7 +361,7 @@ fn decode_admin(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<(AdminCo
 }
 
 fn default_node() -> NodeConfig {
-    NodeConfig { name: "portcullis".into(), workers: None, shutdown_grace: Duration::from_secs(30) }
+    NodeConfig { name: "portcullis".into(), workers: None, shutdown_grace: Duration::from_secs(30), store: None }
 }
 
 fn decode_node(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<NodeConfig> {
@@ -367,7 +378,7 @@ fn decode_node(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<NodeConfi
         }
     }
     f.set(d, "shutdown_grace", duration, &mut out.shutdown_grace);
-    f.unsupported(d, "store", "`node.store` (the embedded store)");
+    out.store = f.get("store").and_then(|(n, p)| auth::decode_store(d, n, &p));
     f.finish(d);
     Some(out)
 }
@@ -874,6 +885,7 @@ fn decode_routes(
     node: &Node,
     path: &str,
     upstreams: &[(UpstreamConfig, Pos)],
+    auth_config: &AuthConfig,
 ) -> Vec<RouteConfig> {
     let mut out = Vec::new();
     let mut names: HashMap<String, ()> = HashMap::new();
@@ -912,19 +924,31 @@ fn decode_routes(
             Some((n, p)) => boolean(d, n, &p).unwrap_or(false),
             None => false,
         };
-        f.unsupported(d, "auth", "route authentication (`auth`)");
-        f.unsupported(d, "allow", "authorisation (`allow`)");
+        let auth = f.get("auth").map(|(n, p)| (auth::decode_route_auth(d, n, &p, auth_config), n.pos));
+        let allow = f.get("allow").map(|(n, p)| (auth::decode_allow(d, n, &p), n.pos));
         f.unsupported(d, "rate_limit", "`rate_limit`");
         f.unsupported(d, "quota", "`quota`");
         f.unsupported(d, "contract", "contract validation (`contract`)");
         f.unsupported(d, "version", "API versions (`version`)");
         f.finish(d);
-        if public == Some(false) {
-            d.err(
+        match (public, &auth) {
+            (Some(false), None) => d.err(
                 public_pos,
-                &join(&ip, "public"),
-                "a route must authenticate its callers; authentication is not supported yet in this version, so every route must say `public: true`",
-            );
+                &join(&ip, "auth"),
+                "a route must authenticate its callers: give `auth: [api_key | jwt, ...]`, or say `public: true`",
+            ),
+            (Some(true), Some((_, pos))) => {
+                d.err(*pos, &join(&ip, "auth"), "a `public: true` route takes no `auth`; remove one of them")
+            }
+            _ => {}
+        }
+        if public == Some(true)
+            && let Some((rules, pos)) = &allow
+            && rules.iter().any(|r| {
+                !r.consumers.is_empty() || !r.groups.is_empty() || !r.scopes.is_empty() || !r.claims.is_empty()
+            })
+        {
+            d.err(*pos, &join(&ip, "allow"), "a public route has no caller identity; only `ips` rules apply to it");
         }
         if let (Some(name), Some((host, path, methods, headers)), Some(upstream)) = (rname, matched, upstream) {
             out.push(RouteConfig {
@@ -934,7 +958,8 @@ fn decode_routes(
                 methods,
                 headers,
                 upstream,
-                public: public == Some(true),
+                auth: if public == Some(true) { Vec::new() } else { auth.map(|(a, _)| a).unwrap_or_default() },
+                allow: allow.map(|(a, _)| a).unwrap_or_default(),
                 retry_non_idempotent,
             });
         }

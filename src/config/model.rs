@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -23,6 +24,157 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `observability.access_log`; `None`: no access log.
     pub access_log: Option<AccessLogConfig>,
+    /// `auth:`: how callers prove who they are (used by routes' `auth`).
+    pub auth: AuthConfig,
+    /// `consumers:` declared in the file (GitOps), next to those in the store.
+    pub consumers: Vec<ConsumerConfig>,
+}
+
+/// `node.store`: where consumers, keys and other state live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://PATH` (relative paths are relative to the config file's directory).
+    Sqlite(PathBuf),
+}
+
+/// `auth:`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthConfig {
+    /// `auth.api_key`: where API keys are read from.
+    pub api_key: ApiKeyConfig,
+    /// `auth.jwt`: the issuers whose tokens are accepted.
+    pub jwt: Vec<JwtIssuerConfig>,
+    /// `auth.identity_headers`: what upstreams are told about the caller.
+    pub identity: IdentityHeadersConfig,
+}
+
+/// `auth.api_key`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyConfig {
+    /// Request header carrying the key (default `x-api-key`).
+    pub header: HeaderName,
+    /// Query parameter carrying the key, if keys may come in the URL (off by default).
+    pub query: Option<String>,
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        ApiKeyConfig { header: HeaderName::from_static("x-api-key"), query: None }
+    }
+}
+
+/// `auth.identity_headers`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeadersConfig {
+    /// Lower-case prefix: client headers starting with it are removed, then the gateway
+    /// sets `{prefix}id`, `{prefix}groups`, `{prefix}subject`, `{prefix}scopes`, `{prefix}auth`.
+    pub prefix: String,
+}
+
+impl Default for IdentityHeadersConfig {
+    fn default() -> Self {
+        IdentityHeadersConfig { prefix: "x-consumer-".into() }
+    }
+}
+
+/// `auth.jwt[]`: one token issuer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtIssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values (the token must name at least one).
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms (never taken from the token; all of one family).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Where the verification keys come from.
+    pub keys: KeySource,
+    /// Clock skew allowed on `exp` and `nbf` (default 30s).
+    pub leeway: Duration,
+    /// Claims that must be present besides `exp`, `iss` and `aud`.
+    pub required_claims: Vec<String>,
+    /// Claim naming the consumer (default `sub`).
+    pub consumer_claim: String,
+    /// Claim listing the caller's groups, if any.
+    pub groups_claim: Option<String>,
+    /// Background refresh period of fetched key sets (default 5m).
+    pub refresh: Duration,
+    /// Least time between refreshes caused by an unknown `kid` (default 10s).
+    pub min_refresh: Duration,
+}
+
+/// `auth.jwt[].{jwks_url, jwks_file, discovery, keys}`
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    /// A JWKS document fetched over HTTP(S).
+    JwksUrl(http::Uri),
+    /// OpenID Connect discovery from `{issuer}/.well-known/openid-configuration`.
+    Discovery(http::Uri),
+    /// A JWKS document on disk, read with the config (its text, already checked).
+    JwksFile(PathBuf, String),
+    /// Keys written in the config.
+    Inline(Vec<InlineKey>),
+}
+
+/// `auth.jwt[].keys[]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineKey {
+    /// `kid` the key answers to; `None` matches tokens without a `kid`.
+    pub kid: Option<String>,
+    /// The key material.
+    pub material: KeyMaterial,
+}
+
+/// Material of an inline key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMaterial {
+    /// A public key in PEM (`pem:` or read from `pem_file:`), already checked.
+    Pem(String),
+    /// A shared HMAC secret read from this environment variable at load time.
+    Secret(Vec<u8>),
+}
+
+/// `consumers[]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Unique name (also the identity sent upstream).
+    pub name: String,
+    /// Groups, for `allow.groups`.
+    pub groups: Vec<String>,
+    /// API keys, as their public id and SHA-256 digest.
+    pub api_keys: Vec<ConfigApiKey>,
+}
+
+/// `consumers[].api_keys[]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigApiKey {
+    /// The key's public id (the part between `pcl_` and the next `_`).
+    pub id: String,
+    /// SHA-256 of the whole key.
+    pub sha256: [u8; 32],
+}
+
+/// One of a route's `auth` methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// `api_key`
+    ApiKey,
+    /// `jwt`
+    Jwt,
+}
+
+/// One `allow` rule: every condition given must hold. A route's rules are alternatives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AllowRule {
+    /// The consumer is one of these.
+    pub consumers: Vec<String>,
+    /// The consumer is in one of these groups.
+    pub groups: Vec<String>,
+    /// The token carries all of these scopes.
+    pub scopes: Vec<String>,
+    /// Each named claim equals one of its values.
+    pub claims: Vec<(String, Vec<String>)>,
+    /// The client address is in one of these networks.
+    pub ips: Vec<ipnet::IpNet>,
 }
 
 /// `observability.access_log`: one JSON line per request.
@@ -61,6 +213,8 @@ pub struct NodeConfig {
     pub workers: Option<NonZeroUsize>,
     /// How long a shutdown waits for in-flight requests (default 30s).
     pub shutdown_grace: Duration,
+    /// `store`: the embedded store, if any.
+    pub store: Option<StoreUrl>,
 }
 
 /// `listeners[]`
@@ -292,8 +446,11 @@ pub struct RouteConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
-    /// `public: true`: no authentication required.
-    pub public: bool,
+    /// `auth`: methods, any one of which must succeed; empty for a `public: true` route.
+    pub auth: Vec<AuthMethod>,
+    /// `allow`: alternative rules (empty: anyone who authenticated, or anyone on a public
+    /// route).
+    pub allow: Vec<AllowRule>,
     /// `retry_non_idempotent: true`: failed POST/PATCH (and other non-idempotent) requests
     /// may be retried like GETs. Off by default.
     pub retry_non_idempotent: bool,

@@ -81,19 +81,100 @@ routes:
 
 #[test]
 fn unsupported_sections_are_refused_not_ignored() {
-    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\nauth: {}\n";
+    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\nprotection: {}\n";
     let e = errors(src);
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("listeners[0].tls: TLS termination (`tls`) is not supported yet"), "{e:?}");
-    assert!(e[1].starts_with("gw.yaml:3:1: auth:"), "{e:?}");
+    assert!(e[1].starts_with("gw.yaml:3:1: protection:"), "{e:?}");
+}
+
+const BASE: &str = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nupstreams: [{ name: u, targets: [{url: \"http://127.0.0.1:2\"}] }]\n";
+
+#[test]
+fn routes_must_authenticate_or_say_public() {
+    let e = errors(&format!("{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u }}]\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("routes[0].auth: a route must authenticate its callers"), "{e:?}");
+    let e = errors(&format!(
+        "{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u, public: true, auth: [api_key] }}]\n"
+    ));
+    assert!(e[0].contains("routes[0].auth: a `public: true` route takes no `auth`"), "{e:?}");
+    let e = errors(&format!("{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u, auth: [jwt] }}]\n"));
+    assert!(e[0].contains("`jwt` needs at least one issuer"), "{e:?}");
+    let e = errors(&format!("{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u, auth: [] }}]\n"));
+    assert!(e[0].contains("list at least one method"), "{e:?}");
+    let e = errors(&format!("{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u, auth: [basic] }}]\n"));
+    assert!(e[0].contains("unknown method `basic`"), "{e:?}");
+    let e = errors(&format!(
+        "{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u, public: true, allow: {{ groups: [g] }} }}]\n"
+    ));
+    assert!(e[0].contains("only `ips` rules apply"), "{e:?}");
+    let ok = parse("gw.yaml", &format!("{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u, auth: [api_key], allow: [{{ groups: [g] }}, {{ ips: [10.0.0.0/8, 192.168.1.1] }}] }}]\n"))
+        .expect("valid");
+    assert_eq!(ok.routes[0].auth, vec![AuthMethod::ApiKey]);
+    assert_eq!(ok.routes[0].allow.len(), 2);
+    assert_eq!(ok.routes[0].allow[1].ips.len(), 2);
 }
 
 #[test]
-fn routes_must_be_public_until_auth_exists() {
-    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nupstreams: [{ name: u, targets: [{url: \"http://127.0.0.1:2\"}] }]\nroutes: [{ name: r, match: { prefix: / }, upstream: u }]\n";
-    let e = errors(src);
-    assert_eq!(e.len(), 1);
-    assert!(e[0].contains("routes[0].public"), "{e:?}");
+fn jwt_issuers_are_checked() {
+    let issuer = |body: &str| format!("{BASE}auth:\n  jwt:\n    - {{ issuer: \"https://id.test/\", {body} }}\n");
+    let e = errors(&issuer("audiences: [a], algorithms: [none], jwks_url: \"http://127.0.0.1:1/k\""));
+    assert!(e[0].contains("unknown or refused algorithm `none`"), "{e:?}");
+    let e = errors(&issuer("audiences: [a], algorithms: [HS256, RS256], jwks_url: \"http://127.0.0.1:1/k\""));
+    assert!(e.iter().any(|e| e.contains("cannot be mixed")), "{e:?}");
+    let e = errors(&issuer("audiences: [a], algorithms: [RS256]"));
+    assert!(e[0].contains("keys are needed"), "{e:?}");
+    let e = errors(&issuer("audiences: [a], algorithms: [RS256], jwks_url: \"http://x/k\", discovery: true"));
+    assert!(e[0].contains("exactly one of"), "{e:?}");
+    let e = errors(&issuer("algorithms: [RS256], jwks_url: \"http://x/k\""));
+    assert!(e[0].contains("missing field `audiences`"), "{e:?}");
+    let e = errors(&issuer("audiences: [a], jwks_url: \"http://x/k\""));
+    assert!(e[0].contains("never from the token"), "{e:?}");
+    let e = errors(&issuer("audiences: [a], algorithms: [RS256], jwks_url: \"ftp://x/k\""));
+    assert!(e[0].contains("expected an http:// or https:// URL"), "{e:?}");
+    let e = errors(&issuer(
+        "audiences: [a], algorithms: [RS256], keys: [{ pem: \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\" }]",
+    ));
+    assert!(e[0].contains("not a PEM public key"), "{e:?}");
+    let e =
+        errors(&issuer("audiences: [a], algorithms: [HS256], keys: [{ secret_env: PORTCULLIS_TEST_UNSET_VARIABLE }]"));
+    assert!(e[0].contains("is not set"), "{e:?}");
+    let e = errors(&issuer("audiences: [a], algorithms: [RS256], jwks_file: /nonexistent/jwks.json"));
+    assert!(e[0].contains("cannot read `/nonexistent/jwks.json`"), "{e:?}");
+    let e = errors(&issuer("audiences: [a], algorithms: [RS256], jwks_url: \"http://x/k\", leeway: 1h"));
+    assert!(e[0].contains("at most 5m"), "{e:?}");
+    let ok = parse(
+        "gw.yaml",
+        &issuer("audiences: [a], algorithms: [RS256, ES256], discovery: true, required_claims: [tenant]"),
+    )
+    .expect("valid");
+    let j = &ok.auth.jwt[0];
+    assert_eq!(j.keys, KeySource::Discovery("https://id.test/.well-known/openid-configuration".parse().expect("uri")));
+    assert_eq!((j.leeway.as_secs(), j.consumer_claim.as_str()), (30, "sub"));
+}
+
+#[test]
+fn store_consumers_and_identity_headers() {
+    let ok = parse("gw.yaml", &format!(
+        "version: 1\nnode: {{ store: \"sqlite://state/p.db\" }}\nlisteners: [{{ name: a, bind: \"127.0.0.1:1\" }}]\nconsumers:\n  - {{ name: app1, groups: [partners], api_keys: [{{ id: 0123456789ab, sha256: \"{}\" }}] }}\nauth: {{ api_key: {{ header: x-key, query: key }}, identity_headers: {{ prefix: x-caller- }} }}\n",
+        "ab".repeat(32)
+    ))
+    .expect("valid");
+    assert_eq!(ok.node.store, Some(StoreUrl::Sqlite("state/p.db".into())));
+    assert_eq!(ok.consumers[0].api_keys[0].sha256, [0xab; 32]);
+    assert_eq!((ok.auth.api_key.header.as_str(), ok.auth.api_key.query.as_deref()), ("x-key", Some("key")));
+    assert_eq!(ok.auth.identity.prefix, "x-caller-");
+    let e =
+        errors("version: 1\nnode: { store: \"postgres://db/x\" }\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\n");
+    assert!(e[0].contains("PostgreSQL store is not supported yet"), "{e:?}");
+    let e = errors(
+        "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nconsumers: [{ name: a, api_keys: [{ id: XYZ, sha256: abc }] }, { name: a }]\nauth: { api_key: { header: host }, identity_headers: { prefix: X-Bad } }\n",
+    );
+    assert_eq!(e.len(), 5, "{e:?}");
+    assert!(e[0].contains("12 lower-case hex digits") && e[1].contains("64 hex digits"), "{e:?}");
+    assert!(e[2].contains("duplicate consumer name `a`"), "{e:?}");
+    assert!(e[3].contains("`host` cannot carry API keys") && e[4].contains("ending in `-`"), "{e:?}");
 }
 
 #[test]

@@ -73,6 +73,8 @@ pub struct Record {
     pub upstream_time: Option<Duration>,
     /// W3C trace id from `traceparent`, if the client sent a valid one.
     pub trace_id: Option<[u8; 32]>,
+    /// The authenticated consumer, if any.
+    pub consumer: Option<Arc<str>>,
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all
@@ -161,6 +163,11 @@ impl AccessLog {
         if let Some(route) = &r.route {
             l.push_str("\",\"route\":\"");
             l.push_str(route);
+        }
+        if let Some(c) = &r.consumer {
+            // A JWT's consumer claim is the caller's text: escaped.
+            l.push_str("\",\"consumer\":\"");
+            super::json_escape(c, &mut l);
         }
         l.push_str("\",\"client_ip\":\"");
         match r.client {

@@ -287,7 +287,8 @@ mod tests {
                 .map(|(n, v)| (HeaderName::from_bytes(n.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v")))
                 .collect(),
             upstream: 0,
-            public: true,
+            auth: Vec::new(),
+            allow: Vec::new(),
             retry_non_idempotent: false,
         }
     }

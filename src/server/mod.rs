@@ -21,13 +21,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::AccessLogConfig;
+use crate::auth::Authenticator;
+use crate::auth::directory::Directory;
+use crate::auth::jwks::SourceCache;
 use crate::config::{self, Config, ConfigErrors, ListenerConfig};
+use crate::config::{AccessLogConfig, StoreUrl};
 use crate::health::HealthCache;
 use crate::observe::access::AccessLog;
+use crate::observe::events::Events;
 use crate::observe::metrics::{Metrics, RouteMetrics, family, label_value, write_process};
 use crate::protect::ConnLimiter;
 use crate::router::Table;
+use crate::store::Store;
 use crate::upstream::{PoolCache, Upstream, Upstreams};
 use crate::upstream::{TargetView, UpstreamStatus};
 
@@ -53,10 +58,14 @@ pub struct Snapshot {
     /// Route and upstream names, shared with access-log records.
     pub(crate) route_names: Vec<Arc<str>>,
     pub(crate) upstream_names: Vec<Arc<str>>,
+    /// Authentication and authorisation settings of this version.
+    pub(crate) auth: Authenticator,
 }
 
 impl Snapshot {
-    fn build(version: u64, config: Config, inner: &Shared) -> Snapshot {
+    fn build(version: u64, config: Config, inner: &Shared) -> Result<Snapshot, GatewayStartError> {
+        let auth =
+            Authenticator::build(&config, inner.directory.clone(), &inner.jwks).map_err(GatewayStartError::Auth)?;
         let table = Table::new(&config.routes);
         let stop = inner.shutdown.child_token();
         let upstreams =
@@ -66,9 +75,23 @@ impl Snapshot {
         let access_log = inner.access_log(config.access_log.as_ref());
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
         let upstream_names = config.upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
-        Snapshot { version, config, table, upstreams, stop, route_metrics, access_log, route_names, upstream_names }
+        Ok(Snapshot {
+            version,
+            config,
+            table,
+            upstreams,
+            stop,
+            route_metrics,
+            access_log,
+            route_names,
+            upstream_names,
+            auth,
+        })
     }
 }
+
+/// The open store: its URL, the store, and the token that stops its sync task.
+type OpenStore = (StoreUrl, Arc<dyn Store>, CancellationToken);
 
 /// What outlives config versions: connection pools, target health, the shutdown signal.
 #[derive(Debug, Default)]
@@ -79,9 +102,43 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// The running access log, reused by a reload that keeps its settings.
     access_log: Mutex<Option<Arc<AccessLog>>>,
+    /// Security events (authentication outcomes, refusals) and their subscribers.
+    pub(crate) events: Events,
+    /// Consumers and keys from the store, kept current by a sync task.
+    directory: Arc<ArcSwap<Directory>>,
+    /// Fetched JWT keys, shared by config versions.
+    jwks: SourceCache,
+    /// The open store, its URL, and the token that stops its sync task.
+    store: tokio::sync::Mutex<Option<OpenStore>>,
 }
 
 impl Shared {
+    /// Open the store `url` names (if it is not the one open already), load its consumers
+    /// and keys, and keep them in sync; with `None`, close it and forget them.
+    async fn use_store(&self, url: Option<&StoreUrl>) -> Result<(), GatewayStartError> {
+        let mut cur = self.store.lock().await;
+        if cur.as_ref().map(|(u, ..)| u) == url {
+            return Ok(());
+        }
+        let Some(url) = url else {
+            if let Some((_, _, stop)) = cur.take() {
+                stop.cancel();
+            }
+            self.directory.store(Arc::new(Directory::default()));
+            return Ok(());
+        };
+        let store = crate::store::open(url).await.map_err(GatewayStartError::Store)?;
+        let ids = store.identities().await.map_err(GatewayStartError::Store)?;
+        tracing::info!(consumers = ids.consumers.len(), keys = ids.keys.len(), "Store opened");
+        self.directory.store(Arc::new(Directory::from_store(&ids)));
+        let stop = self.shutdown.child_token();
+        tokio::spawn(crate::auth::directory::sync(store.clone(), self.directory.clone(), stop.clone()));
+        if let Some((_, _, old)) = cur.replace((url.clone(), store, stop)) {
+            old.cancel();
+        }
+        Ok(())
+    }
+
     fn access_log(&self, cfg: Option<&AccessLogConfig>) -> Option<Arc<AccessLog>> {
         let mut cur = self.access_log.lock();
         let Some(cfg) = cfg else {
@@ -117,6 +174,12 @@ pub enum GatewayStartError {
         #[source]
         source: std::io::Error,
     },
+    /// The store could not be opened or read.
+    #[error("{0}")]
+    Store(#[source] crate::store::StoreError),
+    /// Identity settings could not be compiled.
+    #[error("{0}")]
+    Auth(String),
     /// `reload` was called on a gateway started without a file.
     #[error("this gateway was not started from a file")]
     NoFile,
@@ -260,6 +323,35 @@ impl crate::admin::Node for NodeView {
             "counter",
             targets().map(|(u, t)| (target(u, t), t.health.ejections_total)),
         );
+        self.0.shared.events.write_metrics(&mut out);
+        let jwks: Vec<_> = snap.auth.jwks_status();
+        let issuer = |s: &crate::auth::jwks::SourceStatus| format!("issuer=\"{}\"", label_value(&s.issuer));
+        family(
+            &mut out,
+            "portcullis_jwt_keys",
+            "Verification keys held for the issuer.",
+            "gauge",
+            jwks.iter().map(|s| (issuer(s), s.keys as u64)),
+        );
+        family(
+            &mut out,
+            "portcullis_jwt_key_fetches_total",
+            "Fetches of the issuer's keys, by result.",
+            "counter",
+            jwks.iter().flat_map(|s| {
+                [
+                    (format!("{},result=\"ok\"", issuer(s)), s.fetches_ok),
+                    (format!("{},result=\"failed\"", issuer(s)), s.fetches_failed),
+                ]
+            }),
+        );
+        family(
+            &mut out,
+            "portcullis_jwt_keys_stale",
+            "1 while the last refresh of the issuer's keys failed and older keys are in use.",
+            "gauge",
+            jwks.iter().map(|s| (issuer(s), u64::from(s.stale))),
+        );
         let started = self.0.started_wall.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         write_process(&mut out, started);
         out
@@ -334,7 +426,8 @@ impl Gateway {
             None => None,
         };
         let admin = admin_sock.as_ref().and_then(|s| s.local_addr().ok());
-        let snapshot = Snapshot::build(1, config, &shared);
+        shared.use_store(config.node.store.as_ref()).await?;
+        let snapshot = Snapshot::build(1, config, &shared)?;
         let inner = Arc::new(Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             shared,
@@ -468,7 +561,8 @@ impl Gateway {
             tracing::warn!("admin changed: the admin listener changes at the next restart");
         }
         let version = self.inner.snapshot.load().version + 1;
-        let snap = Snapshot::build(version, config, &self.inner.shared);
+        self.inner.shared.use_store(config.node.store.as_ref()).await?;
+        let snap = Snapshot::build(version, config, &self.inner.shared)?;
         self.inner.shared.clients.retain_used(&snap.upstreams);
         self.inner.shared.health.retain_used(snap.upstreams.iter().map(|u| u.health()));
         let old = self.inner.snapshot.swap(Arc::new(snap));

@@ -16,10 +16,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{Inner, Snapshot};
+use crate::auth::{AuthFailure, Authenticator};
 use crate::body::{Done, Finish, GwBody};
+use crate::config::AuthMethod;
 use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
 use crate::observe::access::{Record, clip_path, trace_id};
+use crate::observe::events::{AuthOutcome, SecurityEvent};
 use crate::observe::metrics::Metrics;
 use crate::observe::new_request_id;
 use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
@@ -56,6 +59,8 @@ struct Outcome {
     /// target as received (a cheap shared copy, turned into text only if it is logged).
     path: Option<String>,
     raw: Option<http::Uri>,
+    /// The authenticated consumer, if any.
+    consumer: Option<Arc<str>>,
 }
 
 /// What a request's metrics and access-log line need, gathered as it goes. Turned into the
@@ -115,6 +120,7 @@ impl Recorder<'_> {
                 target: upstream.zip(outcome.target).and_then(|(u, i)| u.target(i)).cloned(),
                 upstream_time: outcome.upstream,
                 trace_id: self.trace,
+                consumer: outcome.consumer.take(),
             };
             (log.clone(), Box::new(record), self.progress.clone())
         });
@@ -251,10 +257,77 @@ async fn proxy(
     let upstream = &snap.upstreams[route.upstream];
     drop(host);
 
+    // identity: nobody may claim one by sending our headers; then authenticate and authorise
+    let auth = &snap.auth;
+    auth.strip_identity(&mut parts.headers);
+    let rc = &snap.config.routes[idx];
+    let mut hide_key_param = None;
+    if !rc.auth.is_empty() {
+        let route_name = snap.route_names.get(idx).map_or("", |n| &**n);
+        let client = ctx.peer.ip().to_canonical();
+        let id = match auth.authenticate(&rc.auth, &parts.headers, parts.uri.query()).await {
+            Ok(id) => id,
+            Err(f) => {
+                let (method, outcome) = match f {
+                    AuthFailure::Missing => (None, AuthOutcome::Missing),
+                    AuthFailure::Invalid(m, _) => (Some(m), AuthOutcome::Invalid),
+                    AuthFailure::Unavailable(m) => (Some(m), AuthOutcome::Unavailable),
+                };
+                let event = SecurityEvent::Auth {
+                    method,
+                    outcome,
+                    client,
+                    route: route_name,
+                    consumer: None,
+                    reason: f.reason(),
+                };
+                ctx.gw.shared.events.publish(&event);
+                return Err(match f {
+                    AuthFailure::Unavailable(_) => GatewayError::AuthUnavailable,
+                    _ => GatewayError::Unauthenticated { challenge: auth.challenge(&f), reason: f.reason() },
+                });
+            }
+        };
+        let consumer = id.consumer.as_deref();
+        ctx.gw.shared.events.publish(&SecurityEvent::Auth {
+            method: Some(id.method),
+            outcome: AuthOutcome::Success,
+            client,
+            route: route_name,
+            consumer,
+            reason: "",
+        });
+        if !Authenticator::authorise(&rc.allow, Some(&id), client) {
+            ctx.gw.shared.events.publish(&SecurityEvent::Denied { client, route: route_name, consumer });
+            return Err(GatewayError::Forbidden);
+        }
+        auth.set_identity(&mut parts.headers, &id)
+            .map_err(|f| GatewayError::Unauthenticated { challenge: auth.challenge(&f), reason: f.reason() })?;
+        auth.hide_key(&mut parts.headers);
+        outcome.consumer = id.consumer;
+        if rc.auth.contains(&AuthMethod::ApiKey) {
+            hide_key_param = auth.key_query();
+        }
+    } else if !rc.allow.is_empty() {
+        let client = ctx.peer.ip().to_canonical();
+        if !Authenticator::authorise(&rc.allow, None, client) {
+            let route_name = snap.route_names.get(idx).map_or("", |n| &**n);
+            ctx.gw.shared.events.publish(&SecurityEvent::Denied { client, route: route_name, consumer: None });
+            return Err(GatewayError::Forbidden);
+        }
+    }
+
+    // An API key sent as a query parameter does not travel on.
+    let key_param =
+        hide_key_param.filter(|name| parts.uri.query().is_some_and(|q| crate::auth::query_param(q, name).is_some()));
     let path_and_query = match (&path, parts.uri.path_and_query()) {
-        (Cow::Borrowed(_), Some(pq)) => pq.clone(),
+        (Cow::Borrowed(_), Some(pq)) if key_param.is_none() => pq.clone(),
         _ => {
-            let s = match parts.uri.query() {
+            let query = match key_param {
+                Some(name) => parts.uri.query().and_then(|q| crate::auth::without_param(q, name)).map(Cow::Owned),
+                None => parts.uri.query().map(Cow::Borrowed),
+            };
+            let s = match query {
                 Some(q) => format!("{path}?{q}"),
                 None => path.into_owned(),
             };

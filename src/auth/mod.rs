@@ -1,0 +1,444 @@
+//! Identity: who is calling (authentication), whether they may (authorisation), and what
+//! upstreams are told about them (identity propagation).
+//!
+//! Owns API-key checking ([`apikey`]), the consumer [`directory`], JWT verification
+//! ([`jwt`], keys in [`jwks`]), routes' `allow` rules and the identity headers. One
+//! [`Authenticator`] is compiled per config version; the directory read from the store and
+//! fetched JWT keys outlive versions. The request pipeline calls, in order:
+//! [`Authenticator::strip_identity`] (every request), [`Authenticator::authenticate`] and
+//! [`Authenticator::authorise`] (routes with `auth`), then [`Authenticator::set_identity`].
+
+pub mod apikey;
+pub mod directory;
+pub(crate) mod jwks;
+pub mod jwt;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use serde_json::{Map, Value};
+
+use crate::config::{AllowRule, AuthMethod, Config};
+use directory::{ConsumerInfo, Directory};
+use jwt::{Issuer, JwtError};
+
+/// Who a request was authenticated as.
+#[derive(Debug)]
+pub struct Identity {
+    /// How.
+    pub method: AuthMethod,
+    /// The consumer: the key's owner, or the JWT's consumer claim (`sub` by default).
+    pub consumer: Option<Arc<str>>,
+    /// The consumer's groups (from the directory, and the JWT's groups claim).
+    pub groups: Vec<Arc<str>>,
+    /// JWT `sub`.
+    pub subject: Option<String>,
+    /// JWT scopes.
+    pub scopes: Vec<String>,
+    /// All JWT claims (for `allow.claims`).
+    pub claims: Option<Map<String, Value>>,
+    /// The directory entry, when the consumer is known there.
+    info: Option<Arc<ConsumerInfo>>,
+}
+
+/// Why authentication did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential of an accepted kind was presented (401).
+    Missing,
+    /// A credential was presented and is not valid (401).
+    Invalid(AuthMethod, &'static str),
+    /// A credential could not be checked: no JWT keys are available (503).
+    Unavailable(AuthMethod),
+}
+
+impl AuthFailure {
+    /// Short reason, safe to show the caller and to log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "credentials are required",
+            AuthFailure::Invalid(_, why) => why,
+            AuthFailure::Unavailable(_) => "the identity provider's keys are unavailable",
+        }
+    }
+}
+
+/// Method name as used in config, metrics and headers.
+pub fn method_name(m: AuthMethod) -> &'static str {
+    match m {
+        AuthMethod::ApiKey => "api_key",
+        AuthMethod::Jwt => "jwt",
+    }
+}
+
+/// The identity headers upstreams get, by name.
+#[derive(Debug)]
+struct IdentityHeaders {
+    prefix: String,
+    id: HeaderName,
+    groups: HeaderName,
+    subject: HeaderName,
+    scopes: HeaderName,
+    auth: HeaderName,
+}
+
+/// One config version's authentication and authorisation settings.
+#[derive(Debug)]
+pub struct Authenticator {
+    key_header: HeaderName,
+    key_query: Option<String>,
+    /// Consumers and keys declared in the config file.
+    declared: Directory,
+    /// Consumers and keys from the store (shared by all versions).
+    stored: Arc<ArcSwap<Directory>>,
+    issuers: Vec<Issuer>,
+    headers: IdentityHeaders,
+    /// `WWW-Authenticate` values: no credential, and a bad bearer token.
+    challenge: HeaderValue,
+    challenge_invalid_token: HeaderValue,
+}
+
+impl Authenticator {
+    /// Compile `cfg`'s identity settings. `stored` is the store's directory; `jwks` keeps
+    /// fetched keys across versions.
+    pub(crate) fn build(
+        cfg: &Config,
+        stored: Arc<ArcSwap<Directory>>,
+        jwks: &jwks::SourceCache,
+    ) -> Result<Authenticator, String> {
+        let a = &cfg.auth;
+        let mut issuers = Vec::with_capacity(a.jwt.len());
+        for i in &a.jwt {
+            let source = jwks.source(i).map_err(|e| format!("auth.jwt `{}`: {e}", i.issuer))?;
+            issuers.push(Issuer::new(i, source));
+        }
+        let p = &a.identity.prefix;
+        let name = |s: &str| HeaderName::from_bytes(format!("{p}{s}").as_bytes()).map_err(|e| e.to_string());
+        let headers = IdentityHeaders {
+            prefix: p.clone(),
+            id: name("id")?,
+            groups: name("groups")?,
+            subject: name("subject")?,
+            scopes: name("scopes")?,
+            auth: name("auth")?,
+        };
+        let challenge = HeaderValue::from_str(&format!(
+            "Bearer realm=\"portcullis\", ApiKey realm=\"portcullis\", header=\"{}\"",
+            a.api_key.header
+        ))
+        .map_err(|e| e.to_string())?;
+        Ok(Authenticator {
+            key_header: a.api_key.header.clone(),
+            key_query: a.api_key.query.clone(),
+            declared: Directory::from_config(&cfg.consumers),
+            stored,
+            issuers,
+            headers,
+            challenge,
+            challenge_invalid_token: HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"invalid_token\""),
+        })
+    }
+
+    /// The `WWW-Authenticate` value for a 401 with this failure.
+    pub fn challenge(&self, f: &AuthFailure) -> HeaderValue {
+        match f {
+            AuthFailure::Invalid(AuthMethod::Jwt, _) => self.challenge_invalid_token.clone(),
+            _ => self.challenge.clone(),
+        }
+    }
+
+    /// Remove every client-sent header under the identity prefix.
+    pub fn strip_identity(&self, h: &mut HeaderMap) {
+        let prefix = self.headers.prefix.as_str();
+        if !h.keys().any(|k| k.as_str().starts_with(prefix)) {
+            return;
+        }
+        let doomed: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with(prefix)).cloned().collect();
+        for k in doomed {
+            h.remove(k);
+        }
+    }
+
+    /// Authenticate with the first of `methods` whose credential is present and valid.
+    /// `query` is the request's query string (for keys sent as a parameter).
+    pub async fn authenticate(
+        &self,
+        methods: &[AuthMethod],
+        h: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Identity, AuthFailure> {
+        let mut failure = AuthFailure::Missing;
+        for m in methods {
+            let r = match m {
+                AuthMethod::ApiKey => self.api_key(h, query),
+                AuthMethod::Jwt => self.jwt(h).await,
+            };
+            match r {
+                Ok(id) => return Ok(id),
+                // Keep the most telling failure: unavailable > invalid > missing.
+                Err(AuthFailure::Missing) => {}
+                Err(f @ AuthFailure::Unavailable(_)) => failure = f,
+                Err(f) if !matches!(failure, AuthFailure::Unavailable(_)) => failure = f,
+                Err(_) => {}
+            }
+        }
+        // A bad credential next to an unavailable check is still a bad credential.
+        Err(failure)
+    }
+
+    fn api_key(&self, h: &HeaderMap, query: Option<&str>) -> Result<Identity, AuthFailure> {
+        let invalid = |why| AuthFailure::Invalid(AuthMethod::ApiKey, why);
+        let mut values = h.get_all(&self.key_header).iter();
+        let key: &[u8] = match (values.next(), values.next()) {
+            (Some(v), None) => v.as_bytes(),
+            (Some(_), Some(_)) => return Err(invalid("several API keys")),
+            (None, _) => match (&self.key_query, query) {
+                (Some(name), Some(q)) => match query_param(q, name) {
+                    Some(v) => v.as_bytes(),
+                    None => return Err(AuthFailure::Missing),
+                },
+                _ => return Err(AuthFailure::Missing),
+            },
+        };
+        let info = match self.declared.check_key(key) {
+            Some(c) => c.clone(),
+            None => self.stored.load().check_key(key).cloned().ok_or_else(|| invalid("unknown or revoked API key"))?,
+        };
+        Ok(Identity {
+            method: AuthMethod::ApiKey,
+            consumer: Some(info.name.clone()),
+            groups: info.groups.clone(),
+            subject: None,
+            scopes: Vec::new(),
+            claims: None,
+            info: Some(info),
+        })
+    }
+
+    async fn jwt(&self, h: &HeaderMap) -> Result<Identity, AuthFailure> {
+        let invalid = |why| AuthFailure::Invalid(AuthMethod::Jwt, why);
+        let mut values = h.get_all(header::AUTHORIZATION).iter();
+        let v = match (values.next(), values.next()) {
+            (Some(v), None) => v.as_bytes(),
+            (Some(_), Some(_)) => return Err(invalid("several Authorization headers")),
+            (None, _) => return Err(AuthFailure::Missing),
+        };
+        let Some(token) = bearer(v) else {
+            return Err(AuthFailure::Missing);
+        };
+        if token.len() > jwt::MAX_TOKEN {
+            return Err(invalid("token too large"));
+        }
+        let token = std::str::from_utf8(token).map_err(|_| invalid("malformed token"))?;
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(invalid("malformed token"));
+        }
+        let iss = jwt::peek_issuer(token).map_err(|_| invalid("malformed token"))?;
+        let issuer = match iss {
+            Some(iss) => self.issuers.iter().find(|i| i.iss == iss).ok_or(invalid("unknown token issuer"))?,
+            None => return Err(invalid("token lacks a required claim")),
+        };
+        let claims = issuer.verify(token).await.map_err(|e| match e {
+            JwtError::Invalid(why) => invalid(why),
+            JwtError::Unavailable => AuthFailure::Unavailable(AuthMethod::Jwt),
+        })?;
+        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_string);
+        let consumer: Option<Arc<str>> = claims.get(&issuer.consumer_claim).and_then(Value::as_str).map(Arc::from);
+        let info = consumer.as_deref().and_then(|c| self.consumer(c));
+        let mut groups = info.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
+        if let Some(gc) = &issuer.groups_claim {
+            for g in jwt::claim_words(claims.get(gc)) {
+                if !groups.iter().any(|x| **x == *g) {
+                    groups.push(Arc::from(g));
+                }
+            }
+        }
+        Ok(Identity {
+            method: AuthMethod::Jwt,
+            consumer,
+            groups,
+            subject,
+            scopes: jwt::scopes(&claims),
+            claims: Some(claims),
+            info,
+        })
+    }
+
+    fn consumer(&self, name: &str) -> Option<Arc<ConsumerInfo>> {
+        self.declared.consumer(name).cloned().or_else(|| self.stored.load().consumer(name).cloned())
+    }
+
+    /// Whether `id`, calling from `client`, passes any of `rules` (no rules: yes).
+    pub fn authorise(rules: &[AllowRule], id: Option<&Identity>, client: IpAddr) -> bool {
+        rules.is_empty() || rules.iter().any(|r| allowed(r, id, client))
+    }
+
+    /// Drop the API key header: upstreams have no use for the gateway's credential.
+    pub fn hide_key(&self, h: &mut HeaderMap) {
+        h.remove(&self.key_header);
+    }
+
+    /// Set the identity headers for the upstream. Fails if a token's values cannot be
+    /// headers.
+    pub fn set_identity(&self, h: &mut HeaderMap, id: &Identity) -> Result<(), AuthFailure> {
+        let bad = || AuthFailure::Invalid(id.method, "identity claims cannot be sent as headers");
+        if let Some(c) = &id.consumer {
+            h.insert(self.headers.id.clone(), HeaderValue::from_str(c).map_err(|_| bad())?);
+        }
+        let groups = match id.info.as_ref().and_then(|i| i.groups_header.clone()) {
+            Some(v) if id.groups.len() == id.info.as_ref().map_or(0, |i| i.groups.len()) => Some(v),
+            _ if id.groups.is_empty() => None,
+            _ => Some(HeaderValue::from_str(&id.groups.join(",")).map_err(|_| bad())?),
+        };
+        if let Some(g) = groups {
+            h.insert(self.headers.groups.clone(), g);
+        }
+        if let Some(s) = &id.subject {
+            h.insert(self.headers.subject.clone(), HeaderValue::from_str(s).map_err(|_| bad())?);
+        }
+        if !id.scopes.is_empty() {
+            h.insert(self.headers.scopes.clone(), HeaderValue::from_str(&id.scopes.join(" ")).map_err(|_| bad())?);
+        }
+        h.insert(self.headers.auth.clone(), HeaderValue::from_static(method_name(id.method)));
+        Ok(())
+    }
+
+    /// The query parameter API keys may come in, if any (removed before forwarding).
+    pub fn key_query(&self) -> Option<&str> {
+        self.key_query.as_deref()
+    }
+
+    /// Key-source status of each issuer, for metrics.
+    pub(crate) fn jwks_status(&self) -> Vec<jwks::SourceStatus> {
+        self.issuers.iter().map(|i| i.source.status()).collect()
+    }
+}
+
+/// The token of an `Authorization: Bearer` value (scheme case-insensitive).
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    if v.len() < 7 || !v[..6].eq_ignore_ascii_case(b"bearer") || v[6] != b' ' {
+        return None;
+    }
+    let t = &v[7..];
+    let start = t.iter().position(|b| *b != b' ').unwrap_or(t.len());
+    Some(&t[start..])
+}
+
+/// The value of query parameter `name` (the first one), undecoded.
+pub fn query_param<'q>(q: &'q str, name: &str) -> Option<&'q str> {
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// `q` without any `name=` parameter; `None` if nothing remains.
+pub fn without_param(q: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = q.split('&').filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name).collect();
+    let s = kept.join("&");
+    (!s.is_empty()).then_some(s)
+}
+
+fn allowed(r: &AllowRule, id: Option<&Identity>, client: IpAddr) -> bool {
+    if !r.ips.is_empty() && !r.ips.iter().any(|n| n.contains(&client)) {
+        return false;
+    }
+    let needs_identity =
+        !r.consumers.is_empty() || !r.groups.is_empty() || !r.scopes.is_empty() || !r.claims.is_empty();
+    let Some(id) = id else {
+        return !needs_identity;
+    };
+    if !r.consumers.is_empty() && !id.consumer.as_deref().is_some_and(|c| r.consumers.iter().any(|x| x == c)) {
+        return false;
+    }
+    if !r.groups.is_empty() && !id.groups.iter().any(|g| r.groups.iter().any(|x| **x == **g)) {
+        return false;
+    }
+    if !r.scopes.iter().all(|s| id.scopes.iter().any(|x| x == s)) {
+        return false;
+    }
+    r.claims.iter().all(|(name, values)| {
+        let v = id.claims.as_ref().and_then(|c| c.get(name));
+        match v {
+            Some(Value::String(s)) => values.iter().any(|x| x == s),
+            Some(Value::Number(n)) => values.iter().any(|x| *x == n.to_string()),
+            Some(Value::Bool(b)) => values.iter().any(|x| *x == b.to_string()),
+            Some(Value::Array(a)) => a.iter().any(|e| e.as_str().is_some_and(|s| values.iter().any(|x| x == s))),
+            _ => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer  abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+        assert_eq!(bearer(b"Bearer "), Some(&b""[..]));
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("a=1&api_key=xyz&b", "api_key"), Some("xyz"));
+        assert_eq!(query_param("xapi_key=1", "api_key"), None);
+        assert_eq!(without_param("a=1&api_key=xyz&b", "api_key").as_deref(), Some("a=1&b"));
+        assert_eq!(without_param("api_key=xyz", "api_key"), None);
+    }
+
+    #[test]
+    fn allow_rules() {
+        let id = Identity {
+            method: AuthMethod::Jwt,
+            consumer: Some(Arc::from("app1")),
+            groups: vec![Arc::from("partners")],
+            subject: None,
+            scopes: vec!["orders:read".into()],
+            claims: Some(serde_json::from_str(r#"{"tenant":"acme","n":3}"#).expect("json")),
+            info: None,
+        };
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        let r = |s: &str| -> AllowRule {
+            let mut r = AllowRule::default();
+            match s {
+                "group" => r.groups = vec!["partners".into()],
+                "other-group" => r.groups = vec!["staff".into()],
+                "scope" => r.scopes = vec!["orders:read".into()],
+                "two-scopes" => r.scopes = vec!["orders:read".into(), "orders:write".into()],
+                "claim" => r.claims = vec![("tenant".into(), vec!["acme".into()])],
+                "num-claim" => r.claims = vec![("n".into(), vec!["3".into()])],
+                "bad-claim" => r.claims = vec![("tenant".into(), vec!["other".into()])],
+                "net" => r.ips = vec!["10.0.0.0/8".parse().expect("net")],
+                "other-net" => r.ips = vec!["192.168.0.0/16".parse().expect("net")],
+                _ => r.consumers = vec![s.into()],
+            }
+            r
+        };
+        for (rule, want) in [
+            ("group", true),
+            ("other-group", false),
+            ("scope", true),
+            ("two-scopes", false),
+            ("claim", true),
+            ("num-claim", true),
+            ("bad-claim", false),
+            ("net", true),
+            ("other-net", false),
+            ("app1", true),
+            ("app2", false),
+        ] {
+            assert_eq!(Authenticator::authorise(&[r(rule)], Some(&id), ip), want, "{rule}");
+        }
+        assert!(Authenticator::authorise(&[r("app2"), r("group")], Some(&id), ip), "rules are alternatives");
+        assert!(!Authenticator::authorise(&[r("group")], None, ip), "identity rules need an identity");
+        assert!(Authenticator::authorise(&[r("net")], None, ip));
+        assert!(Authenticator::authorise(&[], None, ip));
+    }
+}

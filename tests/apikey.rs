@@ -1,0 +1,252 @@
+//! API keys end to end: consumers and keys made with the real CLI on a real SQLite store,
+//! a running gateway that authenticates with them, revocation seen within a second,
+//! keys declared in the config, keys in the query string, and `allow` rules.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Request;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).arg("-c").arg(config).output().expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config with a store in `dir`, a public route and key-protected ones.
+fn config(dir: &Path, upstream: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"version: 1
+node: {{ store: "sqlite://{db}" }}
+listeners: [{{ name: public, bind: "127.0.0.1:0" }}]
+upstreams: [{{ name: app, targets: [{{ url: "http://{upstream}" }}] }}]
+auth:
+  api_key: {{ header: x-api-key, query: api_key }}
+routes:
+  - {{ name: open, match: {{ prefix: /public }}, upstream: app, public: true }}
+  - {{ name: partners, match: {{ prefix: /partners }}, upstream: app, auth: [api_key], allow: {{ groups: [partners] }} }}
+  - {{ name: keyed, match: {{ prefix: / }}, upstream: app, auth: [api_key] }}
+{extra}"#,
+        db = dir.join("state.db").display()
+    )
+}
+
+fn write_config(text: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch_dir();
+    let path = dir.join("gw.yaml");
+    std::fs::write(&path, text).expect("write");
+    (dir, path)
+}
+
+async fn start(path: &Path) -> portcullis::server::Gateway {
+    let cfg = portcullis::config::load(path).unwrap_or_else(|e| panic!("config:\n{e}"));
+    portcullis::server::Gateway::start(cfg, Some(path.to_path_buf())).await.expect("start")
+}
+
+async fn call(gw: &portcullis::server::Gateway, path: &str, key: Option<&str>) -> (u16, http::HeaderMap, String) {
+    let addr = gw.local_addr("public").expect("listener");
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    send(req.body(full("")).expect("request")).await
+}
+
+#[tokio::test]
+async fn keys_from_the_cli_authenticate_and_revocation_is_seen_within_a_second() {
+    let up = TestUpstream::start("app").await;
+    let dir = scratch_dir();
+    let (_, path) = write_config(&config(&dir, up.addr, ""));
+
+    assert_eq!(cli(&path, &["consumers", "add", "billing", "--group", "partners"]).0, 0);
+    assert_eq!(cli(&path, &["consumers", "add", "reports"]).0, 0);
+    let (code, _, err) = cli(&path, &["consumers", "add", "billing"]);
+    assert_eq!(code, 1, "a duplicate consumer is refused: {err}");
+    let (code, key, err) = cli(&path, &["keys", "issue", "billing"]);
+    assert_eq!(code, 0, "{err}");
+    let key = key.trim().to_string();
+    assert!(key.starts_with("pcl_") && key.len() == 60 && !key.contains('\n'), "stdout is the key alone: {key:?}");
+    assert!(!err.contains(&key), "the key is not repeated on stderr");
+    let (_, other_key, _) = cli(&path, &["keys", "issue", "reports"]);
+    let other_key = other_key.trim().to_string();
+    assert_eq!(cli(&path, &["keys", "issue", "nobody"]).0, 1, "no key for an unknown consumer");
+
+    // The store keeps no key: neither the listing nor the database file holds one.
+    let (code, list, _) = cli(&path, &["keys", "list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&list).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert!(!list.contains(&key[17..]));
+    let mut db = Vec::new();
+    for f in ["state.db", "state.db-wal"] {
+        db.extend(std::fs::read(dir.join(f)).unwrap_or_default());
+    }
+    assert!(!db.windows(43).any(|w| w == key[17..].as_bytes()), "the secret is not in the store");
+
+    let gw = start(&path).await;
+    let (status, h, body) = call(&gw, "/orders", None).await;
+    assert_eq!(status, 401);
+    problem(401, &h, &body);
+    let challenge = h.get("www-authenticate").expect("WWW-Authenticate").to_str().expect("text");
+    assert!(challenge.contains("x-api-key"), "{challenge}");
+
+    let before = up.count();
+    let mut wrong = key.clone().into_bytes();
+    wrong[30] = if wrong[30] == b'A' { b'B' } else { b'A' };
+    let wrong = String::from_utf8(wrong).expect("ascii");
+    for bad in [wrong.as_str(), "pcl_000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "secret", ""] {
+        let (status, h, _) = call(&gw, "/orders", Some(bad)).await;
+        assert_eq!(status, 401, "{bad:?}");
+        assert!(h.contains_key("www-authenticate"));
+    }
+    assert_eq!(up.count(), before, "refused requests never reach the upstream");
+
+    let (status, _, _) = call(&gw, "/orders?x=1", Some(&key)).await;
+    assert_eq!(status, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-consumer-id"], "billing");
+    assert_eq!(seen.headers["x-consumer-groups"], "partners");
+    assert_eq!(seen.headers["x-consumer-auth"], "api_key");
+    assert!(!seen.headers.contains_key("x-api-key"), "the key does not travel upstream");
+
+    // allow: { groups: [partners] }
+    assert_eq!(call(&gw, "/partners/x", Some(&key)).await.0, 200);
+    let (status, h, body) = call(&gw, "/partners/x", Some(&other_key)).await;
+    assert_eq!(status, 403);
+    problem(403, &h, &body);
+
+    // Two keys at once is not "any one of them".
+    let req = Request::get(format!("http://{}/orders", gw.local_addr("public").expect("addr")))
+        .header("x-api-key", &key)
+        .header("x-api-key", &other_key)
+        .body(full(""))
+        .expect("request");
+    assert_eq!(send(req).await.0, 401);
+
+    // Revoked on the running node within a second.
+    let id = &key[4..16];
+    let (code, _, err) = cli(&path, &["keys", "revoke", id]);
+    assert_eq!(code, 0, "{err}");
+    let revoked_at = Instant::now();
+    loop {
+        let status = call(&gw, "/orders", Some(&key)).await.0;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(revoked_at.elapsed() < Duration::from_secs(5), "revocation never seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = revoked_at.elapsed();
+    println!("revocation seen after {took:?}");
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+    assert_eq!(call(&gw, "/orders", Some(&other_key)).await.0, 200, "other keys still work");
+    assert_eq!(cli(&path, &["keys", "revoke", id]).0, 1, "revoking twice reports nothing to do");
+
+    // Removing a consumer removes its keys.
+    assert_eq!(cli(&path, &["consumers", "remove", "reports"]).0, 0);
+    let t = Instant::now();
+    while call(&gw, "/orders", Some(&other_key)).await.0 != 401 {
+        assert!(t.elapsed() < Duration::from_secs(5), "removal never seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn keys_declared_in_the_config_and_in_the_query_string() {
+    let up = TestUpstream::start("app").await;
+    let k = portcullis::auth::apikey::generate().expect("key");
+    let hex: String = k.digest.iter().map(|b| format!("{b:02x}")).collect();
+    let extra = format!(
+        "admin: {{ bind: \"127.0.0.1:0\", public_metrics: true }}\nconsumers:\n  - {{ name: ci, groups: [partners, deploy], api_keys: [{{ id: {}, sha256: \"{hex}\" }}] }}\n",
+        k.id
+    );
+    let dir = scratch_dir();
+    let (_, path) = write_config(&config(&dir, up.addr, &extra));
+    let gw = start(&path).await;
+    assert_eq!(call(&gw, "/x", Some(&k.key)).await.0, 200);
+    assert_eq!(up.last().headers["x-consumer-groups"], "partners,deploy");
+
+    // ?api_key=… works and is removed before forwarding; other parameters stay.
+    let (status, _, _) =
+        get(&format!("http://{}/x?a=1&api_key={}&b=2", gw.local_addr("public").expect("a"), k.key)).await;
+    assert_eq!(status, 200);
+    assert_eq!(up.last().path_and_query, "/x?a=1&b=2");
+    let (status, _, _) = get(&format!("http://{}/x?api_key={}", gw.local_addr("public").expect("a"), k.key)).await;
+    assert_eq!(status, 200);
+    assert_eq!(up.last().path_and_query, "/x");
+    let (status, _, _) = get(&format!("http://{}/x?api_key=pcl_nope", gw.local_addr("public").expect("a"))).await;
+    assert_eq!(status, 401);
+
+    // Spoofed identity headers never reach the upstream, on public routes either.
+    for route in ["/public/a", "/x"] {
+        let req = Request::get(format!("http://{}{route}", gw.local_addr("public").expect("a")))
+            .header("x-api-key", &k.key)
+            .header("X-Consumer-Id", "admin")
+            .header("x-consumer-groups", "root")
+            .header("x-consumer-anything", "1")
+            .body(full(""))
+            .expect("request");
+        assert_eq!(send(req).await.0, 200);
+        let h = up.last().headers;
+        assert!(!h.contains_key("x-consumer-anything"), "{route}");
+        if route == "/x" {
+            assert_eq!(h["x-consumer-id"], "ci");
+            assert_eq!(h.get_all("x-consumer-groups").iter().count(), 1);
+        } else {
+            assert!(!h.contains_key("x-consumer-id") && !h.contains_key("x-consumer-groups"), "{route}");
+        }
+    }
+
+    // Metrics count outcomes by method, and never name a key.
+    let admin = gw.admin_addr().expect("admin");
+    let (_, _, metrics) = get(&format!("http://{admin}/metrics")).await;
+    let families = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).expect("parse");
+    let value = |method: &str, outcome: &str| {
+        families
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "portcullis_auth_total"
+                    && s.labels.get("method") == Some(method)
+                    && s.labels.get("outcome") == Some(outcome)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                _ => -1.0,
+            })
+    };
+    assert_eq!(value("api_key", "success"), Some(4.0), "{metrics}");
+    assert_eq!(value("api_key", "invalid"), Some(1.0));
+    assert!(!metrics.contains(&k.key[17..]));
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[test]
+fn cli_refuses_without_a_store_and_with_bad_input() {
+    let (_, path) = write_config(&simple_config(&["127.0.0.1:9".parse().expect("addr")], "", ""));
+    let (code, _, err) = cli(&path, &["consumers", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("names no store"), "{err}");
+    let dir = scratch_dir();
+    let (_, path) = write_config(&config(&dir, "127.0.0.1:9".parse().expect("addr"), ""));
+    let (code, _, err) = cli(&path, &["consumers", "add", "bad name"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = cli(&path, &["keys", "revoke", "not-an-id"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = cli(&path, &["consumers", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME"), "{out}");
+    let (code, _, _) = cli(&path, &["keys"]);
+    assert_eq!(code, 2, "a usage error");
+}
