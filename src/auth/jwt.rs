@@ -82,7 +82,9 @@ impl Issuer {
         let kid = header.kid.as_deref();
         let keys = match self.source.current() {
             Some(k) => k,
-            None => self.source.refreshed(true).await.ok_or(JwtError::Unavailable)?,
+            // Never fetched: wait for a fetch under way, or start one if `min_refresh`
+            // allows — callers cannot turn an identity-provider outage into a fetch flood.
+            None => self.source.refreshed(false).await.ok_or(JwtError::Unavailable)?,
         };
         match try_keys(&keys, kid, header.alg, token, validation) {
             Err(JwtError::Invalid("unknown key")) if kid.is_some() => {

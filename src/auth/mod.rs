@@ -95,8 +95,11 @@ pub struct Authenticator {
     stored: Arc<ArcSwap<Directory>>,
     issuers: Vec<Issuer>,
     headers: IdentityHeaders,
-    /// `WWW-Authenticate` values: no credential, and a bad bearer token.
-    challenge: HeaderValue,
+    /// `WWW-Authenticate` values for a 401 on routes with API keys only, JWT only, both;
+    /// and for a bad bearer token.
+    challenge_key: HeaderValue,
+    challenge_bearer: HeaderValue,
+    challenge_both: HeaderValue,
     challenge_invalid_token: HeaderValue,
 }
 
@@ -124,11 +127,10 @@ impl Authenticator {
             scopes: name("scopes")?,
             auth: name("auth")?,
         };
-        let challenge = HeaderValue::from_str(&format!(
-            "Bearer realm=\"portcullis\", ApiKey realm=\"portcullis\", header=\"{}\"",
-            a.api_key.header
-        ))
-        .map_err(|e| e.to_string())?;
+        let key = format!("ApiKey realm=\"portcullis\", header=\"{}\"", a.api_key.header);
+        let challenge_key = HeaderValue::from_str(&key).map_err(|e| e.to_string())?;
+        let challenge_both =
+            HeaderValue::from_str(&format!("Bearer realm=\"portcullis\", {key}")).map_err(|e| e.to_string())?;
         Ok(Authenticator {
             key_header: a.api_key.header.clone(),
             key_query: a.api_key.query.clone(),
@@ -136,26 +138,37 @@ impl Authenticator {
             stored,
             issuers,
             headers,
-            challenge,
+            challenge_key,
+            challenge_bearer: HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            challenge_both,
             challenge_invalid_token: HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"invalid_token\""),
         })
     }
 
-    /// The `WWW-Authenticate` value for a 401 with this failure.
-    pub fn challenge(&self, f: &AuthFailure) -> HeaderValue {
-        match f {
-            AuthFailure::Invalid(AuthMethod::Jwt, _) => self.challenge_invalid_token.clone(),
-            _ => self.challenge.clone(),
+    /// The `WWW-Authenticate` value for a 401 with this failure on a route taking `methods`.
+    pub fn challenge(&self, methods: &[AuthMethod], f: &AuthFailure) -> HeaderValue {
+        if let AuthFailure::Invalid(AuthMethod::Jwt, _) = f {
+            return self.challenge_invalid_token.clone();
+        }
+        match (methods.contains(&AuthMethod::ApiKey), methods.contains(&AuthMethod::Jwt)) {
+            (true, true) => self.challenge_both.clone(),
+            (true, false) => self.challenge_key.clone(),
+            _ => self.challenge_bearer.clone(),
         }
     }
 
-    /// Remove every client-sent header under the identity prefix.
+    /// Remove every client-sent header under the identity prefix, also when spelled with
+    /// `_` for `-` (CGI-style backends read `x_consumer_id` as `x-consumer-id`).
     pub fn strip_identity(&self, h: &mut HeaderMap) {
-        let prefix = self.headers.prefix.as_str();
-        if !h.keys().any(|k| k.as_str().starts_with(prefix)) {
+        let prefix = self.headers.prefix.as_bytes();
+        let spoofed = |k: &HeaderName| {
+            let k = k.as_str().as_bytes();
+            k.len() >= prefix.len() && k.iter().zip(prefix).all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+        };
+        if !h.keys().any(spoofed) {
             return;
         }
-        let doomed: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with(prefix)).cloned().collect();
+        let doomed: Vec<HeaderName> = h.keys().filter(|k| spoofed(k)).cloned().collect();
         for k in doomed {
             h.remove(k);
         }

@@ -284,7 +284,7 @@ async fn proxy(
                 ctx.gw.shared.events.publish(&event);
                 return Err(match f {
                     AuthFailure::Unavailable(_) => GatewayError::AuthUnavailable,
-                    _ => GatewayError::Unauthenticated { challenge: auth.challenge(&f), reason: f.reason() },
+                    _ => GatewayError::Unauthenticated { challenge: auth.challenge(&rc.auth, &f), reason: f.reason() },
                 });
             }
         };
@@ -301,8 +301,10 @@ async fn proxy(
             ctx.gw.shared.events.publish(&SecurityEvent::Denied { client, route: route_name, consumer });
             return Err(GatewayError::Forbidden);
         }
-        auth.set_identity(&mut parts.headers, &id)
-            .map_err(|f| GatewayError::Unauthenticated { challenge: auth.challenge(&f), reason: f.reason() })?;
+        auth.set_identity(&mut parts.headers, &id).map_err(|f| GatewayError::Unauthenticated {
+            challenge: auth.challenge(&rc.auth, &f),
+            reason: f.reason(),
+        })?;
         auth.hide_key(&mut parts.headers);
         outcome.consumer = id.consumer;
         if rc.auth.contains(&AuthMethod::ApiKey) {
