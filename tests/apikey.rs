@@ -6,7 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use common::*;
 use http::Request;
@@ -90,7 +91,7 @@ async fn keys_from_the_cli_authenticate_and_revocation_is_seen_within_a_second()
     for f in ["state.db", "state.db-wal"] {
         db.extend(std::fs::read(dir.join(f)).unwrap_or_default());
     }
-    assert!(!db.windows(43).any(|w| w == key[17..].as_bytes()), "the secret is not in the store");
+    assert!(!db.windows(43).any(|w| w == &key.as_bytes()[17..]), "the secret is not in the store");
 
     let gw = start(&path).await;
     let (status, h, body) = call(&gw, "/orders", None).await;
