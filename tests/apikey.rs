@@ -251,3 +251,74 @@ fn cli_refuses_without_a_store_and_with_bad_input() {
     let (code, _, _) = cli(&path, &["keys"]);
     assert_eq!(code, 2, "a usage error");
 }
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("ascii")).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// With `identity_headers.assertion`, upstreams get a JWT signed by the gateway that they can
+/// verify with its public key; a client cannot forge or pass one through.
+#[tokio::test]
+async fn upstreams_get_a_signed_identity_assertion() {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let up = TestUpstream::start("app").await;
+    let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("keygen");
+    let dir = scratch_dir();
+    std::fs::write(dir.join("gw.key"), pem("PRIVATE KEY", pair.to_pkcs8v1().expect("pkcs8").as_ref())).expect("key");
+    let public = pem("PUBLIC KEY", pair.public_key().as_der().expect("spki").as_ref());
+    let k = portcullis::auth::apikey::generate().expect("key");
+    let hex: String = k.digest.iter().map(|b| format!("{b:02x}")).collect();
+    let yaml = format!(
+        r#"version: 1
+listeners: [{{ name: public, bind: "127.0.0.1:0" }}]
+upstreams: [{{ name: app, targets: [{{ url: "http://{}" }}] }}]
+consumers: [{{ name: ci, groups: [deploy], api_keys: [{{ id: {}, sha256: "{hex}" }}] }}]
+auth:
+  identity_headers:
+    assertion: {{ key_file: gw.key, algorithm: ES256, issuer: edge-gw, audience: backends, ttl: 30s, kid: gw1 }}
+routes:
+  - {{ name: keyed, match: {{ prefix: / }}, upstream: app, auth: [api_key] }}
+"#,
+        up.addr, k.id
+    );
+    let path = dir.join("gw.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let gw = start(&path).await;
+    let addr = gw.local_addr("public").expect("addr");
+    let req = Request::get(format!("http://{addr}/orders"))
+        .header("x-api-key", &k.key)
+        .header("x-consumer-assertion", "forged")
+        .header("x-request-id", "req-42")
+        .body(full(""))
+        .expect("request");
+    assert_eq!(send(req).await.0, 200);
+    let seen = up.last();
+    let values: Vec<_> = seen.headers.get_all("x-consumer-assertion").iter().collect();
+    assert_eq!(values.len(), 1, "one assertion, the gateway's");
+    let token = values[0].to_str().expect("ascii");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_issuer(&["edge-gw"]);
+    v.set_audience(&["backends"]);
+    v.validate_nbf = true;
+    let key = jsonwebtoken::DecodingKey::from_ec_pem(public.as_bytes()).expect("public key");
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).expect("the assertion verifies");
+    assert_eq!(data.header.kid.as_deref(), Some("gw1"));
+    let c = data.claims;
+    assert_eq!(c["sub"], "ci");
+    assert_eq!(c["groups"], serde_json::json!(["deploy"]));
+    assert_eq!(c["auth"], "api_key");
+    assert_eq!(c["jti"], "req-42");
+    assert_eq!(c["route"], "keyed");
+    let ttl = c["exp"].as_u64().expect("exp") - c["iat"].as_u64().expect("iat");
+    assert_eq!(ttl, 30);
+    // Another key does not verify it.
+    let other = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("keygen");
+    let other = pem("PUBLIC KEY", other.public_key().as_der().expect("spki").as_ref());
+    let other = jsonwebtoken::DecodingKey::from_ec_pem(other.as_bytes()).expect("public key");
+    assert!(jsonwebtoken::decode::<serde_json::Value>(token, &other, &v).is_err());
+    gw.shutdown(Duration::from_secs(1)).await;
+}

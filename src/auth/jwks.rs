@@ -82,7 +82,7 @@ impl Keys {
         let mut keys = Vec::new();
         for k in list {
             let made = match &k.material {
-                KeyMaterial::Secret(s) => Some(DecodingKey::from_secret(s)),
+                KeyMaterial::Secret(s) => Some(DecodingKey::from_secret(&s.0)),
                 KeyMaterial::Pem(pem) => cfg.algorithms.iter().find_map(|a| match a.family() {
                     AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem.as_bytes()).ok(),
                     AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem.as_bytes()).ok(),

@@ -84,6 +84,85 @@ struct IdentityHeaders {
     auth: HeaderName,
 }
 
+/// Signs the identity assertion upstreams may verify instead of trusting plain headers.
+struct Assertion {
+    key: jsonwebtoken::EncodingKey,
+    header: jsonwebtoken::Header,
+    issuer: String,
+    audience: Option<String>,
+    ttl: u64,
+    name: HeaderName,
+}
+
+impl std::fmt::Debug for Assertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assertion").field("issuer", &self.issuer).field("alg", &self.header.alg).finish_non_exhaustive()
+    }
+}
+
+/// The claims of an identity assertion.
+#[derive(serde::Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: &'a str,
+    auth: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    route: &'a str,
+}
+
+impl Assertion {
+    fn new(cfg: &crate::config::AssertionConfig, name: HeaderName) -> Result<Assertion, String> {
+        use jsonwebtoken::{AlgorithmFamily as F, EncodingKey};
+        let pem = &cfg.key.0;
+        let key = match cfg.algorithm.family() {
+            F::Rsa => EncodingKey::from_rsa_pem(pem),
+            F::Ec => EncodingKey::from_ec_pem(pem),
+            F::Ed => EncodingKey::from_ed_pem(pem),
+            F::Hmac => return Err("assertions are signed with a private key".into()),
+        }
+        .map_err(|e| format!("assertion key: {e}"))?;
+        let mut header = jsonwebtoken::Header::new(cfg.algorithm);
+        header.kid = cfg.kid.clone();
+        Ok(Assertion {
+            key,
+            header,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            ttl: cfg.ttl.as_secs(),
+            name,
+        })
+    }
+
+    fn sign(&self, id: &Identity, request_id: &str, route: &str) -> Option<HeaderValue> {
+        let now = crate::store::now().max(0) as u64;
+        let claims = AssertionClaims {
+            iss: &self.issuer,
+            aud: self.audience.as_deref(),
+            sub: id.consumer.as_deref().or(id.subject.as_deref()),
+            iat: now,
+            nbf: now,
+            exp: now + self.ttl,
+            jti: request_id,
+            auth: method_name(id.method),
+            groups: id.groups.iter().map(|g| &**g).collect(),
+            scope: (!id.scopes.is_empty()).then(|| id.scopes.join(" ")),
+            route,
+        };
+        let token = jsonwebtoken::encode(&self.header, &claims, &self.key).ok()?;
+        HeaderValue::from_str(&token).ok()
+    }
+}
+
 /// One config version's authentication and authorisation settings.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -95,6 +174,7 @@ pub struct Authenticator {
     stored: Arc<ArcSwap<Directory>>,
     issuers: Vec<Issuer>,
     headers: IdentityHeaders,
+    assertion: Option<Assertion>,
     /// `WWW-Authenticate` values for a 401 on routes with API keys only, JWT only, both;
     /// and for a bad bearer token.
     challenge_key: HeaderValue,
@@ -127,6 +207,10 @@ impl Authenticator {
             scopes: name("scopes")?,
             auth: name("auth")?,
         };
+        let assertion = match &a.identity.assertion {
+            Some(c) => Some(Assertion::new(c, name("assertion")?)?),
+            None => None,
+        };
         let key = format!("ApiKey realm=\"portcullis\", header=\"{}\"", a.api_key.header);
         let challenge_key = HeaderValue::from_str(&key).map_err(|e| e.to_string())?;
         let challenge_both =
@@ -138,6 +222,7 @@ impl Authenticator {
             stored,
             issuers,
             headers,
+            assertion,
             challenge_key,
             challenge_bearer: HeaderValue::from_static("Bearer realm=\"portcullis\""),
             challenge_both,
@@ -293,9 +378,15 @@ impl Authenticator {
         h.remove(&self.key_header);
     }
 
-    /// Set the identity headers for the upstream. Fails if a token's values cannot be
-    /// headers.
-    pub fn set_identity(&self, h: &mut HeaderMap, id: &Identity) -> Result<(), AuthFailure> {
+    /// Set the identity headers (and the signed assertion, if configured) for the upstream.
+    /// Fails if a token's values cannot be headers.
+    pub fn set_identity(
+        &self,
+        h: &mut HeaderMap,
+        id: &Identity,
+        request_id: &HeaderValue,
+        route: &str,
+    ) -> Result<(), AuthFailure> {
         let bad = || AuthFailure::Invalid(id.method, "identity claims cannot be sent as headers");
         if let Some(c) = &id.consumer {
             h.insert(self.headers.id.clone(), HeaderValue::from_str(c).map_err(|_| bad())?);
@@ -315,6 +406,10 @@ impl Authenticator {
             h.insert(self.headers.scopes.clone(), HeaderValue::from_str(&id.scopes.join(" ")).map_err(|_| bad())?);
         }
         h.insert(self.headers.auth.clone(), HeaderValue::from_static(method_name(id.method)));
+        if let Some(a) = &self.assertion {
+            let v = a.sign(id, request_id.to_str().unwrap_or(""), route).ok_or_else(bad)?;
+            h.insert(a.name.clone(), v);
+        }
         Ok(())
     }
 

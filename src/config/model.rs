@@ -69,11 +69,13 @@ pub struct IdentityHeadersConfig {
     /// Lower-case prefix: client headers starting with it are removed, then the gateway
     /// sets `{prefix}id`, `{prefix}groups`, `{prefix}subject`, `{prefix}scopes`, `{prefix}auth`.
     pub prefix: String,
+    /// `assertion`: also send a signed JWT as `{prefix}assertion`.
+    pub assertion: Option<AssertionConfig>,
 }
 
 impl Default for IdentityHeadersConfig {
     fn default() -> Self {
-        IdentityHeadersConfig { prefix: "x-consumer-".into() }
+        IdentityHeadersConfig { prefix: "x-consumer-".into(), assertion: None }
     }
 }
 
@@ -130,7 +132,35 @@ pub enum KeyMaterial {
     /// A public key in PEM (`pem:` or read from `pem_file:`), already checked.
     Pem(String),
     /// A shared HMAC secret read from this environment variable at load time.
-    Secret(Vec<u8>),
+    Secret(Secret),
+}
+
+/// Secret bytes from the config's environment or files: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// `auth.identity_headers.assertion`: a short-lived JWT, signed by the gateway, telling the
+/// upstream who called (`{prefix}assertion`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionConfig {
+    /// The private key (PKCS#8 PEM), as read from `key_file`.
+    pub key: Secret,
+    /// Signature algorithm (matching the key).
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// `iss` of the assertions (default `portcullis`).
+    pub issuer: String,
+    /// `aud` of the assertions, if any.
+    pub audience: Option<String>,
+    /// Lifetime (default 60s).
+    pub ttl: Duration,
+    /// `kid` header, if any.
+    pub kid: Option<String>,
 }
 
 /// `consumers[]`

@@ -175,6 +175,12 @@ fn store_consumers_and_identity_headers() {
     assert!(e[0].contains("12 lower-case hex digits") && e[1].contains("64 hex digits"), "{e:?}");
     assert!(e[2].contains("duplicate consumer name `a`"), "{e:?}");
     assert!(e[3].contains("`host` cannot carry API keys") && e[4].contains("ending in `-`"), "{e:?}");
+    let e = errors(
+        "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nauth: { identity_headers: { assertion: { algorithm: HS256, ttl: 2h } } }\n",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].contains("missing field `key_file`") && e[1].contains("public-key algorithm"), "{e:?}");
+    assert!(e[2].contains("between 1s and 1h"), "{e:?}");
 }
 
 #[test]

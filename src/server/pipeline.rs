@@ -301,7 +301,7 @@ async fn proxy(
             ctx.gw.shared.events.publish(&SecurityEvent::Denied { client, route: route_name, consumer });
             return Err(GatewayError::Forbidden);
         }
-        auth.set_identity(&mut parts.headers, &id).map_err(|f| GatewayError::Unauthenticated {
+        auth.set_identity(&mut parts.headers, &id, request_id, route_name).map_err(|f| GatewayError::Unauthenticated {
             challenge: auth.challenge(&rc.auth, &f),
             reason: f.reason(),
         })?;

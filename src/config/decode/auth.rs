@@ -141,10 +141,72 @@ pub(super) fn decode_auth(d: &mut Decoder<'_>, node: &Node, path: &str) -> AuthC
                 d.err(n.pos, &p, "expected 2-32 lower-case letters, digits or `-`, ending in `-` (like `x-consumer-`)");
             }
         }
+        out.identity.assertion = hf.get("assertion").and_then(|(n, p)| decode_assertion(d, n, &p));
         hf.finish(d);
     }
     f.finish(d);
     out
+}
+
+fn decode_assertion(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AssertionConfig> {
+    let mut f = Fields::new(d, node, path)?;
+    let algorithm = match f.get("algorithm") {
+        Some((n, p)) => {
+            let s = scalar(d, n, &p)?;
+            match algorithm(s) {
+                Some(a) if !is_hmac(a) => Some(a),
+                _ => {
+                    d.err(
+                        n.pos,
+                        &p,
+                        format!("expected a public-key algorithm (RS256, PS256, ES256, ES384, EdDSA…), found `{s}`"),
+                    );
+                    None
+                }
+            }
+        }
+        None => Some(Algorithm::ES256),
+    };
+    let key = match f.get("key_file") {
+        Some((n, p)) => scalar(d, n, &p).and_then(|s| d.read_file(n, &p, s)).and_then(|(_, pem)| {
+            use jsonwebtoken::{AlgorithmFamily as F, EncodingKey};
+            let ok = match algorithm.map(|a| a.family()) {
+                Some(F::Rsa) => EncodingKey::from_rsa_pem(pem.as_bytes()).is_ok(),
+                Some(F::Ec) => EncodingKey::from_ec_pem(pem.as_bytes()).is_ok(),
+                Some(F::Ed) => EncodingKey::from_ed_pem(pem.as_bytes()).is_ok(),
+                _ => true,
+            };
+            if !ok {
+                d.err(n.pos, &p, "not a PEM private key (PKCS#8) for the assertion's algorithm");
+                return None;
+            }
+            Some(Secret(pem.into_bytes()))
+        }),
+        None => {
+            d.err(node.pos, &join(path, "key_file"), "missing field `key_file` (the gateway's PEM private key)");
+            None
+        }
+    };
+    let mut issuer = "portcullis".to_string();
+    if let Some((n, p)) = f.get("issuer")
+        && let Some(s) = scalar(d, n, &p)
+    {
+        issuer = s.to_string();
+    }
+    let audience = f.get("audience").and_then(|(n, p)| scalar(d, n, &p).map(str::to_string));
+    let kid = f.get("kid").and_then(|(n, p)| scalar(d, n, &p).map(str::to_string));
+    let mut ttl = std::time::Duration::from_secs(60);
+    if let Some((n, p)) = f.get("ttl")
+        && let Some(v) = duration(d, n, &p)
+    {
+        if v > std::time::Duration::from_secs(3600) || v < std::time::Duration::from_secs(1) {
+            d.err(n.pos, &p, "between 1s and 1h");
+        } else {
+            ttl = v;
+        }
+    }
+    f.finish(d);
+    Some(AssertionConfig { key: key?, algorithm: algorithm?, issuer, audience, ttl, kid })
 }
 
 /// Headers that must never be taken over as credential carriers.
@@ -393,7 +455,7 @@ fn decode_inline_keys(d: &mut Decoder<'_>, node: &Node, path: &str, algorithms: 
                 d.err(n.pos, &p, "a shared secret needs HMAC algorithms (HS256, HS384, HS512)");
             }
             match std::env::var(s) {
-                Ok(v) if v.len() >= 32 => material = Some(KeyMaterial::Secret(v.into_bytes())),
+                Ok(v) if v.len() >= 32 => material = Some(KeyMaterial::Secret(Secret(v.into_bytes()))),
                 Ok(_) => d.err(n.pos, &p, format!("the secret in `{s}` is shorter than 32 bytes")),
                 Err(_) => d.err(n.pos, &p, format!("environment variable `{s}` is not set")),
             }
