@@ -301,9 +301,8 @@ async fn proxy(
             ctx.gw.shared.events.publish(&SecurityEvent::Denied { client, route: route_name, consumer });
             return Err(GatewayError::Forbidden);
         }
-        auth.set_identity(&mut parts.headers, &id, request_id, route_name).map_err(|f| GatewayError::Unauthenticated {
-            challenge: auth.challenge(&rc.auth, &f),
-            reason: f.reason(),
+        auth.set_identity(&mut parts.headers, &id, request_id, route_name).map_err(|f| {
+            GatewayError::Unauthenticated { challenge: auth.challenge(&rc.auth, &f), reason: f.reason() }
         })?;
         auth.hide_key(&mut parts.headers);
         outcome.consumer = id.consumer;
