@@ -230,6 +230,13 @@ impl Authenticator {
         })
     }
 
+    /// Compile `cfg`'s identity settings on their own: consumers from the file only, and
+    /// key sources not shared with anything (for tools and benchmarks; fetched key sources
+    /// need a Tokio runtime).
+    pub fn from_config(cfg: &Config) -> Result<Authenticator, String> {
+        Self::build(cfg, Arc::default(), &jwks::SourceCache::default())
+    }
+
     /// The `WWW-Authenticate` value for a 401 with this failure on a route taking `methods`.
     pub fn challenge(&self, methods: &[AuthMethod], f: &AuthFailure) -> HeaderValue {
         if let AuthFailure::Invalid(AuthMethod::Jwt, _) = f {
