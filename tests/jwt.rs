@@ -1033,3 +1033,22 @@ async fn config_refuses_unauthenticated_routes_and_unsafe_algorithms() {
         }
     }
 }
+
+/// A token verified once is remembered, but not past its `exp`.
+#[tokio::test]
+async fn a_remembered_token_still_expires() {
+    let up = TestUpstream::start("app").await;
+    let k1 = RsaKey::new("k1");
+    let gw = TestGateway::start(&config(up.addr, &inline_source("k1", &k1.spki_pem()), "RS256", &[], "")).await;
+    let exp = now() + 2;
+    let auth = bearer(&k1.token(&claims_with("alice", json!({ "exp": exp }))));
+    for _ in 0..3 {
+        assert_eq!(call(&gw, "/private/x", Some(&auth)).await.0, 200);
+    }
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let res = call(&gw, "/private/x", Some(&auth)).await;
+    expect_401("the same token after its exp", &res, true);
+    assert_eq!(up.count(), 3);
+}

@@ -46,6 +46,14 @@ pub(crate) struct Key {
 #[derive(Debug, Default)]
 pub(crate) struct Keys {
     pub(crate) keys: Vec<Key>,
+    /// Unique per key set made by this process: a token verified under another generation
+    /// is verified again (its key may be gone).
+    pub(crate) generation: u64,
+}
+
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Keys {
@@ -75,7 +83,7 @@ impl Keys {
         if keys.is_empty() {
             return Err("the JWKS document has no usable signing key".into());
         }
-        Ok(Keys { keys })
+        Ok(Keys { keys, generation: next_generation() })
     }
 
     fn inline(cfg: &JwtIssuerConfig, list: &[crate::config::InlineKey]) -> Keys {
@@ -94,7 +102,7 @@ impl Keys {
                 keys.push(Key { kid: k.kid.clone(), alg: None, family: key.family(), key });
             }
         }
-        Keys { keys }
+        Keys { keys, generation: next_generation() }
     }
 }
 

@@ -14,6 +14,80 @@ use crate::config::JwtIssuerConfig;
 /// Largest token accepted, in bytes.
 pub const MAX_TOKEN: usize = 8 * 1024;
 
+/// What a verified token proves, kept (in a [`TokenCache`]) while it stays valid.
+#[derive(Debug)]
+pub struct Verified {
+    /// Index of the issuer that signed it.
+    pub(crate) issuer: usize,
+    pub(crate) exp: u64,
+    pub(crate) nbf: Option<u64>,
+    /// Generation of the key set that verified it.
+    pub(crate) generation: u64,
+    /// `sub`.
+    pub subject: Option<String>,
+    /// The issuer's consumer claim.
+    pub consumer: Option<Arc<str>>,
+    /// Scopes (`scope` or `scp`).
+    pub scopes: Vec<String>,
+    /// The issuer's groups claim.
+    pub claim_groups: Vec<Arc<str>>,
+    /// Every claim.
+    pub claims: Map<String, Value>,
+}
+
+/// Tokens verified recently, by SHA-256 of the whole token, so that a client reusing its
+/// token (the common case) costs a digest and a lookup rather than a signature check. Only
+/// successes are kept; an entry is used only while its key set is the one in force and its
+/// time claims hold. Bounded: 16 shards of at most [`CACHE_PER_SHARD`] entries.
+#[derive(Debug)]
+pub(crate) struct TokenCache {
+    shards: Vec<parking_lot::Mutex<std::collections::HashMap<[u8; 32], Arc<Verified>>>>,
+}
+
+/// Entries per shard (16 shards).
+pub const CACHE_PER_SHARD: usize = 1024;
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache { shards: (0..16).map(|_| Default::default()).collect() }
+    }
+}
+
+impl TokenCache {
+    fn shard(&self, key: &[u8; 32]) -> &parking_lot::Mutex<std::collections::HashMap<[u8; 32], Arc<Verified>>> {
+        &self.shards[usize::from(key[0]) % self.shards.len()]
+    }
+
+    pub(crate) fn get(&self, key: &[u8; 32]) -> Option<Arc<Verified>> {
+        self.shard(key).lock().get(key).cloned()
+    }
+
+    pub(crate) fn remove(&self, key: &[u8; 32]) {
+        self.shard(key).lock().remove(key);
+    }
+
+    pub(crate) fn insert(&self, key: [u8; 32], v: Arc<Verified>) {
+        let mut shard = self.shard(&key).lock();
+        if shard.len() >= CACHE_PER_SHARD
+            && let Some(victim) = shard.keys().next().copied()
+        {
+            shard.remove(&victim);
+        }
+        shard.insert(key, v);
+    }
+
+    pub(crate) fn clear(&self) {
+        for s in &self.shards {
+            s.lock().clear();
+        }
+    }
+
+    /// Entries held (for tests).
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
 /// Why a token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtError {
@@ -64,8 +138,36 @@ impl Issuer {
         }
     }
 
-    /// Verify `token` and return its claims.
-    pub(crate) async fn verify(&self, token: &str) -> Result<Map<String, Value>, JwtError> {
+    /// Whether a token verified earlier still holds now: its keys are the ones in force and
+    /// its time claims (with leeway) still allow it.
+    pub(crate) fn still_valid(&self, v: &Verified, now: u64) -> bool {
+        let leeway = self.validations.first().map_or(0, |(_, v)| v.leeway);
+        let keys_current = self.source.current().is_some_and(|k| k.generation == v.generation);
+        keys_current && now <= v.exp.saturating_add(leeway) && v.nbf.is_none_or(|n| n <= now.saturating_add(leeway))
+    }
+
+    /// Verify `token` and return what it proves.
+    pub(crate) async fn verify(&self, token: &str, issuer: usize) -> Result<Verified, JwtError> {
+        let (claims, generation) = self.verify_claims(token).await?;
+        let as_u64 = |name: &str| claims.get(name).and_then(Value::as_f64).map(|f| f.max(0.0) as u64);
+        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_string);
+        let consumer = claims.get(&self.consumer_claim).and_then(Value::as_str).map(Arc::from);
+        let claim_groups = self.groups_claim.as_ref().map(|gc| claim_words(claims.get(gc))).unwrap_or_default();
+        Ok(Verified {
+            issuer,
+            exp: as_u64("exp").unwrap_or(0),
+            nbf: as_u64("nbf"),
+            generation,
+            subject,
+            consumer,
+            scopes: scopes(&claims),
+            claim_groups: claim_groups.into_iter().map(Arc::from).collect(),
+            claims,
+        })
+    }
+
+    /// The claims of a valid token, and the generation of the key set that verified it.
+    async fn verify_claims(&self, token: &str) -> Result<(Map<String, Value>, u64), JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid("malformed token header"))?;
         if header.crit.is_some() {
             return Err(JwtError::Invalid("token has critical header extensions"));
@@ -90,19 +192,21 @@ impl Issuer {
             Err(JwtError::Invalid("unknown key")) if kid.is_some() => {
                 // Perhaps the issuer rotated: fetch again (rate limited) and look once more.
                 match self.source.refreshed(false).await {
-                    Some(newer) if !Arc::ptr_eq(&newer, &keys) => try_keys(&newer, kid, header.alg, token, validation),
+                    Some(newer) if !Arc::ptr_eq(&newer, &keys) => {
+                        try_keys(&newer, kid, header.alg, token, validation).map(|c| (c, newer.generation))
+                    }
                     _ => Err(JwtError::Invalid("unknown key")),
                 }
             }
-            other => other,
+            other => other.map(|c| (c, keys.generation)),
         }
-        .and_then(|claims| {
+        .and_then(|(claims, generation)| {
             for c in &self.required {
                 if claims.get(c).is_none_or(Value::is_null) {
                     return Err(JwtError::Invalid("token lacks a required claim"));
                 }
             }
-            Ok(claims)
+            Ok((claims, generation))
         })
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::config::{AllowRule, AuthMethod, Config};
 use directory::{ConsumerInfo, Directory};
@@ -33,12 +33,8 @@ pub struct Identity {
     pub consumer: Option<Arc<str>>,
     /// The consumer's groups (from the directory, and the JWT's groups claim).
     pub groups: Vec<Arc<str>>,
-    /// JWT `sub`.
-    pub subject: Option<String>,
-    /// JWT scopes.
-    pub scopes: Vec<String>,
-    /// All JWT claims (for `allow.claims`).
-    pub claims: Option<Map<String, Value>>,
+    /// What the JWT proved, if that is how.
+    pub token: Option<Arc<jwt::Verified>>,
     /// The directory entry, when the consumer is known there.
     info: Option<Arc<ConsumerInfo>>,
 }
@@ -148,14 +144,14 @@ impl Assertion {
         let claims = AssertionClaims {
             iss: &self.issuer,
             aud: self.audience.as_deref(),
-            sub: id.consumer.as_deref().or(id.subject.as_deref()),
+            sub: id.consumer.as_deref().or(id.token.as_ref().and_then(|t| t.subject.as_deref())),
             iat: now,
             nbf: now,
             exp: now + self.ttl,
             jti: request_id,
             auth: method_name(id.method),
             groups: id.groups.iter().map(|g| &**g).collect(),
-            scope: (!id.scopes.is_empty()).then(|| id.scopes.join(" ")),
+            scope: id.token.as_ref().filter(|t| !t.scopes.is_empty()).map(|t| t.scopes.join(" ")),
             route,
         };
         let token = jsonwebtoken::encode(&self.header, &claims, &self.key).ok()?;
@@ -173,6 +169,8 @@ pub struct Authenticator {
     /// Consumers and keys from the store (shared by all versions).
     stored: Arc<ArcSwap<Directory>>,
     issuers: Vec<Issuer>,
+    /// Tokens verified recently (this config version's issuers).
+    tokens: jwt::TokenCache,
     headers: IdentityHeaders,
     assertion: Option<Assertion>,
     /// `WWW-Authenticate` values for a 401 on routes with API keys only, JWT only, both;
@@ -221,6 +219,7 @@ impl Authenticator {
             declared: Directory::from_config(&cfg.consumers),
             stored,
             issuers,
+            tokens: jwt::TokenCache::default(),
             headers,
             assertion,
             challenge_key,
@@ -315,9 +314,7 @@ impl Authenticator {
             method: AuthMethod::ApiKey,
             consumer: Some(info.name.clone()),
             groups: info.groups.clone(),
-            subject: None,
-            scopes: Vec::new(),
-            claims: None,
+            token: None,
             info: Some(info),
         })
     }
@@ -340,35 +337,60 @@ impl Authenticator {
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(invalid("malformed token"));
         }
-        let iss = jwt::peek_issuer(token).map_err(|_| invalid("malformed token"))?;
-        let issuer = match iss {
-            Some(iss) => self.issuers.iter().find(|i| i.iss == iss).ok_or(invalid("unknown token issuer"))?,
-            None => return Err(invalid("token lacks a required claim")),
+        let digest = apikey::digest(token.as_bytes());
+        let now = crate::store::now().max(0) as u64;
+        let cached = self.tokens.get(&digest).filter(|v| {
+            let ok = self.issuers.get(v.issuer).is_some_and(|i| i.still_valid(v, now));
+            if !ok {
+                self.tokens.remove(&digest);
+            }
+            ok
+        });
+        let verified = match cached {
+            Some(v) => v,
+            None => {
+                let iss = jwt::peek_issuer(token).map_err(|_| invalid("malformed token"))?;
+                let (index, issuer) = match iss {
+                    Some(iss) => self
+                        .issuers
+                        .iter()
+                        .enumerate()
+                        .find(|(_, i)| i.iss == iss)
+                        .ok_or(invalid("unknown token issuer"))?,
+                    None => return Err(invalid("token lacks a required claim")),
+                };
+                let v = Arc::new(issuer.verify(token, index).await.map_err(|e| match e {
+                    JwtError::Invalid(why) => invalid(why),
+                    JwtError::Unavailable => AuthFailure::Unavailable(AuthMethod::Jwt),
+                })?);
+                self.tokens.insert(digest, v.clone());
+                v
+            }
         };
-        let claims = issuer.verify(token).await.map_err(|e| match e {
-            JwtError::Invalid(why) => invalid(why),
-            JwtError::Unavailable => AuthFailure::Unavailable(AuthMethod::Jwt),
-        })?;
-        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_string);
-        let consumer: Option<Arc<str>> = claims.get(&issuer.consumer_claim).and_then(Value::as_str).map(Arc::from);
-        let info = consumer.as_deref().and_then(|c| self.consumer(c));
+        let info = verified.consumer.as_deref().and_then(|c| self.consumer(c));
         let mut groups = info.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
-        if let Some(gc) = &issuer.groups_claim {
-            for g in jwt::claim_words(claims.get(gc)) {
-                if !groups.iter().any(|x| **x == *g) {
-                    groups.push(Arc::from(g));
-                }
+        for g in &verified.claim_groups {
+            if !groups.contains(g) {
+                groups.push(g.clone());
             }
         }
         Ok(Identity {
             method: AuthMethod::Jwt,
-            consumer,
+            consumer: verified.consumer.clone(),
             groups,
-            subject,
-            scopes: jwt::scopes(&claims),
-            claims: Some(claims),
+            token: Some(verified),
             info,
         })
+    }
+
+    /// Forget every verified token: the next use of each is checked in full again.
+    pub fn clear_token_cache(&self) {
+        self.tokens.clear();
+    }
+
+    /// Verified tokens held in the cache (for tests and metrics).
+    pub fn cached_tokens(&self) -> usize {
+        self.tokens.len()
     }
 
     fn consumer(&self, name: &str) -> Option<Arc<ConsumerInfo>> {
@@ -406,11 +428,13 @@ impl Authenticator {
         if let Some(g) = groups {
             h.insert(self.headers.groups.clone(), g);
         }
-        if let Some(s) = &id.subject {
-            h.insert(self.headers.subject.clone(), HeaderValue::from_str(s).map_err(|_| bad())?);
-        }
-        if !id.scopes.is_empty() {
-            h.insert(self.headers.scopes.clone(), HeaderValue::from_str(&id.scopes.join(" ")).map_err(|_| bad())?);
+        if let Some(t) = &id.token {
+            if let Some(s) = &t.subject {
+                h.insert(self.headers.subject.clone(), HeaderValue::from_str(s).map_err(|_| bad())?);
+            }
+            if !t.scopes.is_empty() {
+                h.insert(self.headers.scopes.clone(), HeaderValue::from_str(&t.scopes.join(" ")).map_err(|_| bad())?);
+            }
         }
         h.insert(self.headers.auth.clone(), HeaderValue::from_static(method_name(id.method)));
         if let Some(a) = &self.assertion {
@@ -471,11 +495,12 @@ fn allowed(r: &AllowRule, id: Option<&Identity>, client: IpAddr) -> bool {
     if !r.groups.is_empty() && !id.groups.iter().any(|g| r.groups.iter().any(|x| **x == **g)) {
         return false;
     }
-    if !r.scopes.iter().all(|s| id.scopes.iter().any(|x| x == s)) {
+    let scopes: &[String] = id.token.as_ref().map_or(&[], |t| &t.scopes);
+    if !r.scopes.iter().all(|s| scopes.iter().any(|x| x == s)) {
         return false;
     }
     r.claims.iter().all(|(name, values)| {
-        let v = id.claims.as_ref().and_then(|c| c.get(name));
+        let v = id.token.as_ref().and_then(|t| t.claims.get(name));
         match v {
             Some(Value::String(s)) => values.iter().any(|x| x == s),
             Some(Value::Number(n)) => values.iter().any(|x| *x == n.to_string()),
@@ -514,9 +539,17 @@ mod tests {
             method: AuthMethod::Jwt,
             consumer: Some(Arc::from("app1")),
             groups: vec![Arc::from("partners")],
-            subject: None,
-            scopes: vec!["orders:read".into()],
-            claims: Some(serde_json::from_str(r#"{"tenant":"acme","n":3}"#).expect("json")),
+            token: Some(Arc::new(jwt::Verified {
+                issuer: 0,
+                exp: 0,
+                nbf: None,
+                generation: 0,
+                subject: None,
+                consumer: None,
+                scopes: vec!["orders:read".into()],
+                claim_groups: Vec::new(),
+                claims: serde_json::from_str(r#"{"tenant":"acme","n":3}"#).expect("json"),
+            })),
             info: None,
         };
         let ip: IpAddr = "10.1.2.3".parse().expect("ip");
