@@ -119,6 +119,16 @@ async fn keys_from_the_cli_authenticate_and_revocation_is_seen_within_a_second()
     assert_eq!(seen.headers["x-consumer-auth"], "api_key");
     assert!(!seen.headers.contains_key("x-api-key"), "the key does not travel upstream");
 
+    // `Connection` cannot name the gateway's identity headers away.
+    let req = Request::get(format!("http://{}/orders", gw.local_addr("public").expect("addr")))
+        .header("x-api-key", &key)
+        .header("connection", "x-consumer-id, x-consumer-groups, x-consumer-auth")
+        .body(full(""))
+        .expect("request");
+    assert_eq!(send(req).await.0, 200);
+    assert_eq!(up.last().headers["x-consumer-id"], "billing");
+    assert_eq!(up.last().headers["x-consumer-auth"], "api_key");
+
     // allow: { groups: [partners] }
     assert_eq!(call(&gw, "/partners/x", Some(&key)).await.0, 200);
     let (status, h, body) = call(&gw, "/partners/x", Some(&other_key)).await;
@@ -161,6 +171,10 @@ async fn keys_from_the_cli_authenticate_and_revocation_is_seen_within_a_second()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gw.shutdown(Duration::from_secs(1)).await;
+    // The store was closed: its write-ahead log is folded into the database file, so
+    // copying `state.db` alone is a complete backup.
+    let wal = std::fs::metadata(dir.join("state.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "write-ahead log left behind");
 }
 
 #[tokio::test]
@@ -311,7 +325,8 @@ routes:
     assert_eq!(c["sub"], "ci");
     assert_eq!(c["groups"], serde_json::json!(["deploy"]));
     assert_eq!(c["auth"], "api_key");
-    assert_eq!(c["jti"], "req-42");
+    assert_eq!(c["request_id"], "req-42");
+    assert_eq!(c["jti"].as_str().map(str::len), Some(32), "a fresh jti, not the client-chosen request id");
     assert_eq!(c["route"], "keyed");
     let ttl = c["exp"].as_u64().expect("exp") - c["iat"].as_u64().expect("iat");
     assert_eq!(ttl, 30);

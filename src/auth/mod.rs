@@ -107,7 +107,10 @@ struct AssertionClaims<'a> {
     iat: u64,
     nbf: u64,
     exp: u64,
-    jti: &'a str,
+    /// Fresh per assertion (a client may choose its request id).
+    jti: String,
+    /// The request id, for correlation.
+    request_id: &'a str,
     auth: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     groups: Vec<&'a str>,
@@ -148,7 +151,12 @@ impl Assertion {
             iat: now,
             nbf: now,
             exp: now + self.ttl,
-            jti: request_id,
+            jti: {
+                let mut b = [0u8; 16];
+                aws_lc_rs::rand::fill(&mut b).ok()?;
+                b.iter().map(|x| format!("{x:02x}")).collect()
+            },
+            request_id,
             auth: method_name(id.method),
             groups: id.groups.iter().map(|g| &**g).collect(),
             scope: id.token.as_ref().filter(|t| !t.scopes.is_empty()).map(|t| t.scopes.join(" ")),
@@ -288,7 +296,8 @@ impl Authenticator {
                 Err(_) => {}
             }
         }
-        // A bad credential next to an unavailable check is still a bad credential.
+        // When a credential could not be checked for want of keys, that is the answer (503):
+        // the caller may hold a good token.
         Err(failure)
     }
 
@@ -438,7 +447,11 @@ impl Authenticator {
         }
         h.insert(self.headers.auth.clone(), HeaderValue::from_static(method_name(id.method)));
         if let Some(a) = &self.assertion {
-            let v = a.sign(id, request_id.to_str().unwrap_or(""), route).ok_or_else(bad)?;
+            // A signing failure is ours, not the caller's: 503, logged.
+            let v = a.sign(id, request_id.to_str().unwrap_or(""), route).ok_or_else(|| {
+                tracing::error!("Cannot sign the identity assertion");
+                AuthFailure::Unavailable(id.method)
+            })?;
             h.insert(a.name.clone(), v);
         }
         Ok(())

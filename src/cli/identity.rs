@@ -97,7 +97,9 @@ where
                 return ExitCode::from(1);
             }
         };
-        match f(store).await {
+        let result = f(store.clone()).await;
+        store.close().await;
+        match result {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("{e}");

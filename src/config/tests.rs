@@ -181,6 +181,10 @@ fn store_consumers_and_identity_headers() {
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(e[0].contains("missing field `key_file`") && e[1].contains("public-key algorithm"), "{e:?}");
     assert!(e[2].contains("between 1s and 1h"), "{e:?}");
+    let e = errors(
+        "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nauth: { identity_headers: { prefix: x- } }\n",
+    );
+    assert!(e[0].contains("would remove the API key header `x-api-key`"), "{e:?}");
 }
 
 #[test]

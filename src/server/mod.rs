@@ -426,8 +426,9 @@ impl Gateway {
             None => None,
         };
         let admin = admin_sock.as_ref().and_then(|s| s.local_addr().ok());
-        shared.use_store(config.node.store.as_ref()).await?;
+        let store = config.node.store.clone();
         let snapshot = Snapshot::build(1, config, &shared)?;
+        shared.use_store(store.as_ref()).await?;
         let inner = Arc::new(Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             shared,
@@ -561,8 +562,10 @@ impl Gateway {
             tracing::warn!("admin changed: the admin listener changes at the next restart");
         }
         let version = self.inner.snapshot.load().version + 1;
-        self.inner.shared.use_store(config.node.store.as_ref()).await?;
+        // Everything that can fail comes before anything changes: build, then switch stores.
+        let store = config.node.store.clone();
         let snap = Snapshot::build(version, config, &self.inner.shared)?;
+        self.inner.shared.use_store(store.as_ref()).await?;
         self.inner.shared.clients.retain_used(&snap.upstreams);
         self.inner.shared.health.retain_used(snap.upstreams.iter().map(|u| u.health()));
         let old = self.inner.snapshot.swap(Arc::new(snap));
@@ -607,6 +610,11 @@ impl Gateway {
         }
         self.inner.admin_stop.cancel();
         self.inner.listeners.lock().clear();
+        // Closing the store checkpoints SQLite's write-ahead log into the database file.
+        if let Some((_, store, stop)) = self.inner.shared.store.lock().await.take() {
+            stop.cancel();
+            store.close().await;
+        }
         drained
     }
 

@@ -166,7 +166,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         Err(e) => {
             let (status, _, _) = e.describe();
             let version = rec.snap.version;
-            if status.is_server_error() {
+            // An identity-provider outage is logged once by the key source, not per request.
+            if status.is_server_error() && !matches!(e, GatewayError::AuthUnavailable) {
                 tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), request_id = ?request_id, client = %ctx.peer, config_version = version, status = status.as_u16(), "Request failed");
             } else {
                 tracing::debug!(error = %e, request_id = ?request_id, client = %ctx.peer, config_version = version, status = status.as_u16(), "Request refused");
@@ -257,6 +258,9 @@ async fn proxy(
     let upstream = &snap.upstreams[route.upstream];
     drop(host);
 
+    // Hop-by-hop first: `Connection` must not be able to name (and so remove) the identity
+    // headers set below.
+    strip_hop_by_hop(&mut parts.headers);
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
     let auth = &snap.auth;
     auth.strip_identity(&mut parts.headers);
@@ -288,6 +292,7 @@ async fn proxy(
                 });
             }
         };
+        outcome.consumer = id.consumer.clone();
         let consumer = id.consumer.as_deref();
         ctx.gw.shared.events.publish(&SecurityEvent::Auth {
             method: Some(id.method),
@@ -305,7 +310,6 @@ async fn proxy(
             GatewayError::Unauthenticated { challenge: auth.challenge(&rc.auth, &f), reason: f.reason() }
         })?;
         auth.hide_key(&mut parts.headers);
-        outcome.consumer = id.consumer;
         if rc.auth.contains(&AuthMethod::ApiKey) {
             hide_key_param = auth.key_query();
         }
@@ -337,7 +341,6 @@ async fn proxy(
     };
 
     // headers for the upstream
-    strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     // The upstream sees the host we routed on, whatever `Connection` named or the request
     // target said.

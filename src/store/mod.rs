@@ -99,6 +99,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn generation(&self) -> StoreFuture<'_, i64>;
     /// Consumers and usable keys, read consistently.
     fn identities(&self) -> StoreFuture<'_, Identities>;
+    /// Close every connection (waiting for ones in use), flushing what the backend buffers.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// Open (creating and migrating if needed) the store `url` names.

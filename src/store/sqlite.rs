@@ -97,6 +97,10 @@ fn key_row(row: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, StoreError> {
 }
 
 impl Store for SqliteStore {
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.pool.close())
+    }
+
     fn add_consumer<'a>(&'a self, name: &'a str, groups: &'a [String]) -> StoreFuture<'a, Consumer> {
         Box::pin(async move {
             let created = now();

@@ -141,6 +141,13 @@ pub(super) fn decode_auth(d: &mut Decoder<'_>, node: &Node, path: &str) -> AuthC
                 d.err(n.pos, &p, "expected 2-32 lower-case letters, digits or `-`, ending in `-` (like `x-consumer-`)");
             }
         }
+        if out.api_key.header.as_str().starts_with(&out.identity.prefix) {
+            d.err(
+                n.pos,
+                &p,
+                format!("the prefix would remove the API key header `{}` before it is read", out.api_key.header),
+            );
+        }
         out.identity.assertion = hf.get("assertion").and_then(|(n, p)| decode_assertion(d, n, &p));
         hf.finish(d);
     }
