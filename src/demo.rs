@@ -43,6 +43,13 @@ pub fn run(path: Option<PathBuf>) -> ExitCode {
     };
     let token = demo_token();
     let shown_token = token.clone();
+    let key = match demo_key(&cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("cannot prepare the demo's API key: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let backends = backend_addrs(&cfg);
     let mut bound = Vec::new();
     for (i, addr) in backends.iter().enumerate() {
@@ -66,7 +73,7 @@ pub fn run(path: Option<PathBuf>) -> ExitCode {
                 Err(e) => eprintln!("sample backend failed: {e}"),
             }
         }
-        print_instructions(gw, &shown_token);
+        print_instructions(gw, &shown_token, key.as_deref());
     });
     super::cli::run(cfg, path, Some(on_ready), Some(token))
 }
@@ -82,6 +89,35 @@ fn demo_token() -> String {
         // Loopback-only demo: a weaker token is acceptable if the OS source is missing.
         Err(_) => (0..32).map(|_| fastrand::alphanumeric()).collect(),
     }
+}
+
+/// With a store in the config: make sure consumer `demo-app` exists and issue it a fresh key
+/// (shown in the instructions, like `portcullis keys issue demo-app` would).
+fn demo_key(cfg: &Config) -> Result<Option<String>, String> {
+    let Some(url) = &cfg.node.store else { return Ok(None) };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = crate::store::open(url).await.map_err(|e| e.to_string())?;
+        let result = async {
+            match store.add_consumer("demo-app", &["demo".to_string()]).await {
+                Ok(_) | Err(crate::store::StoreError::Exists(_)) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let k = crate::auth::apikey::generate().map_err(|_| "no randomness available".to_string())?;
+            let rec = crate::store::KeyRecord {
+                id: k.id.clone(),
+                consumer: "demo-app".into(),
+                digest: k.digest,
+                created: crate::store::now(),
+                revoked: None,
+            };
+            store.add_key(&rec).await.map_err(|e| e.to_string())?;
+            Ok(Some(k.key))
+        }
+        .await;
+        store.close().await;
+        result
+    })
 }
 
 fn backend_addrs(cfg: &Config) -> Vec<SocketAddr> {
@@ -103,7 +139,7 @@ fn backend_addrs(cfg: &Config) -> Vec<SocketAddr> {
     out
 }
 
-fn print_instructions(gw: &crate::server::Gateway, token: &str) {
+fn print_instructions(gw: &crate::server::Gateway, token: &str, key: Option<&str>) {
     let Some((_, addr)) = gw.local_addrs().into_iter().next() else {
         return;
     };
@@ -111,15 +147,18 @@ fn print_instructions(gw: &crate::server::Gateway, token: &str) {
     // However the demo was started (cargo run, an installed binary), show a command that works.
     let exe = std::env::args().next().unwrap_or_else(|| "portcullis".into());
     let admin = gw.admin_addr().map(|a| format!(" --admin http://{a}")).unwrap_or_default();
+    let key = key.unwrap_or("KEY");
     eprintln!(
         "\nPortcullis demo is running. Try, in another terminal:\n\n  \
          curl -s {base}/catalogue/items                 # round robin over two backends: run it twice\n  \
-         curl -s {base}/orders/42                       # template route /orders/{{id}}\n  \
+         curl -s {base}/orders/42                       # 401 problem+json: this route needs an API key\n  \
+         curl -s -H 'x-api-key: {key}' {base}/orders/42   # the backend sees x-consumer-id: demo-app\n  \
          curl -s -X DELETE {base}/orders/42             # 404 problem+json: the route allows GET only\n  \
-         curl -s --path-as-is '{base}/catalogue/../orders/7'   # path normalised before routing\n  \
+         curl -s --path-as-is -H 'x-api-key: {key}' '{base}/catalogue/../orders/7'   # normalised before routing: /orders/7\n  \
          curl -s -H 'Connection: x-secret' -H 'x-secret: 1' {base}/catalogue/h   # hop-by-hop header stripped\n  \
          {exe} explain -c examples/quickstart.yaml DELETE {base}/orders/42\n  \
-         PORTCULLIS_ADMIN_TOKEN={token} {exe} status{admin}   # upstream health\n\n\
+         PORTCULLIS_ADMIN_TOKEN={token} {exe} status{admin}   # upstream health\n  \
+         {exe} keys list -c examples/quickstart.yaml   # the demo's key: issued at start, stored hashed\n\n\
          Edit examples/quickstart.yaml and save: the gateway reloads it. Ctrl-C stops.\n"
     );
 }

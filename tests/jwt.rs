@@ -189,6 +189,8 @@ struct JwksServer {
     hits: Arc<AtomicUsize>,
     /// Answer 500 to everything.
     failing: Arc<AtomicBool>,
+    /// The `issuer` its OpenID configuration names (default: its own URL).
+    discovery_issuer: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
 }
 
@@ -200,6 +202,7 @@ impl JwksServer {
             body: Arc::new(Mutex::new(jwks_doc(keys))),
             hits: Arc::default(),
             failing: Arc::default(),
+            discovery_issuer: Arc::default(),
             stop: CancellationToken::new(),
         };
         let s = srv.clone();
@@ -229,6 +232,12 @@ impl JwksServer {
         let mut res = if self.failing.load(Ordering::SeqCst) {
             let mut r = Response::new(full("internal error"));
             *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        } else if req.uri().path() == "/.well-known/openid-configuration" {
+            let issuer = self.discovery_issuer.lock().clone().unwrap_or_else(|| format!("http://{}", self.addr));
+            let doc = json!({ "issuer": issuer, "jwks_uri": self.url() }).to_string();
+            let mut r = Response::new(full(doc));
+            r.headers_mut().insert("content-type", "application/json".parse().expect("hv"));
             r
         } else if req.uri().path() != "/jwks.json" {
             let mut r = Response::new(full("not found"));
@@ -1051,4 +1060,34 @@ async fn a_remembered_token_still_expires() {
     let res = call(&gw, "/private/x", Some(&auth)).await;
     expect_401("the same token after its exp", &res, true);
     assert_eq!(up.count(), 3);
+}
+
+/// `discovery: true`: the keys are found through `{issuer}/.well-known/openid-configuration`,
+/// whose `issuer` must be the configured one.
+#[tokio::test]
+async fn keys_found_by_openid_discovery() {
+    let up = TestUpstream::start("app").await;
+    let k1 = RsaKey::new("k1");
+    let idp = JwksServer::start(&[k1.jwk()]).await;
+    let issuer = format!("http://{}", idp.addr);
+    let yaml = config(up.addr, "discovery: true", "RS256", &[], "").replace(ISS, &issuer);
+    let gw = TestGateway::start(&yaml).await;
+    let token = |iss: &str| {
+        let mut c = claims("alice");
+        c["iss"] = json!(iss);
+        bearer(&k1.token(&c))
+    };
+    assert_eq!(call(&gw, "/private/x", Some(&token(&issuer))).await.0, 200);
+    assert_eq!(up.last().headers["x-consumer-subject"], "alice");
+    assert!(idp.hits() >= 2, "the configuration, then the JWKS");
+
+    // A discovery document naming another issuer is not believed.
+    let up2 = TestUpstream::start("app").await;
+    let liar = JwksServer::start(&[k1.jwk()]).await;
+    *liar.discovery_issuer.lock() = Some("https://evil.example/".into());
+    let issuer2 = format!("http://{}", liar.addr);
+    let gw2 = TestGateway::start(&config(up2.addr, "discovery: true", "RS256", &[], "").replace(ISS, &issuer2)).await;
+    let res = call(&gw2, "/private/x", Some(&token(&issuer2))).await;
+    expect_problem("discovery naming another issuer", 503, &res);
+    assert_eq!(up2.count(), 0);
 }

@@ -24,6 +24,8 @@ pub struct ConsumerInfo {
     pub groups: Vec<Arc<str>>,
     /// `groups` joined with `,`, ready for the upstream header.
     pub groups_header: Option<HeaderValue>,
+    /// `name`, ready for the upstream header.
+    pub id_header: Option<HeaderValue>,
 }
 
 impl ConsumerInfo {
@@ -33,6 +35,7 @@ impl ConsumerInfo {
             name: Arc::from(name),
             groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
             groups_header: (!joined.is_empty()).then(|| HeaderValue::from_str(&joined).ok()).flatten(),
+            id_header: HeaderValue::from_str(name).ok(),
         })
     }
 }

@@ -33,6 +33,8 @@ pub struct Verified {
     pub claim_groups: Vec<Arc<str>>,
     /// Every claim.
     pub claims: Map<String, Value>,
+    /// `consumer`, `subject` and `scopes` (space-joined) as header values, made once.
+    pub(crate) values: [Option<http::HeaderValue>; 3],
 }
 
 /// Tokens verified recently, by SHA-256 of the whole token, so that a client reusing its
@@ -153,6 +155,15 @@ impl Issuer {
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_string);
         let consumer = claims.get(&self.consumer_claim).and_then(Value::as_str).map(Arc::from);
         let claim_groups = self.groups_claim.as_ref().map(|gc| claim_words(claims.get(gc))).unwrap_or_default();
+        let scopes = scopes(&claims);
+        let value = |s: Option<&str>| match s {
+            Some(s) => http::HeaderValue::from_str(s)
+                .map(Some)
+                .map_err(|_| JwtError::Invalid("identity claims cannot be sent as headers")),
+            None => Ok(None),
+        };
+        let joined = (!scopes.is_empty()).then(|| scopes.join(" "));
+        let values = [value(consumer.as_deref())?, value(subject.as_deref())?, value(joined.as_deref())?];
         Ok(Verified {
             issuer,
             exp: as_u64("exp").unwrap_or(0),
@@ -160,7 +171,8 @@ impl Issuer {
             generation,
             subject,
             consumer,
-            scopes: scopes(&claims),
+            scopes,
+            values,
             claim_groups: claim_groups.into_iter().map(Arc::from).collect(),
             claims,
         })

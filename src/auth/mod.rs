@@ -426,8 +426,14 @@ impl Authenticator {
         route: &str,
     ) -> Result<(), AuthFailure> {
         let bad = || AuthFailure::Invalid(id.method, "identity claims cannot be sent as headers");
-        if let Some(c) = &id.consumer {
-            h.insert(self.headers.id.clone(), HeaderValue::from_str(c).map_err(|_| bad())?);
+        // Values made once per consumer or verified token: no allocation here.
+        let consumer = match (&id.info, &id.token) {
+            (Some(i), _) => i.id_header.clone(),
+            (None, Some(t)) => t.values[0].clone(),
+            (None, None) => None,
+        };
+        if let Some(v) = consumer {
+            h.insert(self.headers.id.clone(), v);
         }
         let groups = match id.info.as_ref().and_then(|i| i.groups_header.clone()) {
             Some(v) if id.groups.len() == id.info.as_ref().map_or(0, |i| i.groups.len()) => Some(v),
@@ -438,11 +444,11 @@ impl Authenticator {
             h.insert(self.headers.groups.clone(), g);
         }
         if let Some(t) = &id.token {
-            if let Some(s) = &t.subject {
-                h.insert(self.headers.subject.clone(), HeaderValue::from_str(s).map_err(|_| bad())?);
+            if let Some(v) = &t.values[1] {
+                h.insert(self.headers.subject.clone(), v.clone());
             }
-            if !t.scopes.is_empty() {
-                h.insert(self.headers.scopes.clone(), HeaderValue::from_str(&t.scopes.join(" ")).map_err(|_| bad())?);
+            if let Some(v) = &t.values[2] {
+                h.insert(self.headers.scopes.clone(), v.clone());
             }
         }
         h.insert(self.headers.auth.clone(), HeaderValue::from_static(method_name(id.method)));
@@ -562,6 +568,7 @@ mod tests {
                 scopes: vec!["orders:read".into()],
                 claim_groups: Vec::new(),
                 claims: serde_json::from_str(r#"{"tenant":"acme","n":3}"#).expect("json"),
+                values: [None, None, None],
             })),
             info: None,
         };

@@ -224,6 +224,63 @@ fn content_length(h: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
     Ok(out)
 }
 
+/// The route's `auth` and `allow`: authenticate, publish the outcome, authorise, and set the
+/// identity headers. Returns the query parameter that carried an API key, if it must go.
+async fn identify<'s>(
+    ctx: &ConnCtx,
+    snap: &'s Snapshot,
+    idx: usize,
+    headers: &mut http::HeaderMap,
+    query: Option<&str>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Option<&'s str>, GatewayError> {
+    let rc = &snap.config.routes[idx];
+    if rc.auth.is_empty() && rc.allow.is_empty() {
+        return Ok(None);
+    }
+    let auth = &snap.auth;
+    let events = &ctx.gw.shared.events;
+    let route = snap.route_names.get(idx).map_or("", |n| &**n);
+    let client = ctx.peer.ip().to_canonical();
+    if rc.auth.is_empty() {
+        // A public route with `allow.ips`.
+        if !Authenticator::authorise(&rc.allow, None, client) {
+            events.publish(&SecurityEvent::Denied { client, route, consumer: None });
+            return Err(GatewayError::Forbidden);
+        }
+        return Ok(None);
+    }
+    let refuse = |f: AuthFailure| match f {
+        AuthFailure::Unavailable(_) => GatewayError::AuthUnavailable,
+        _ => GatewayError::Unauthenticated { challenge: auth.challenge(&rc.auth, &f), reason: f.reason() },
+    };
+    let id = match auth.authenticate(&rc.auth, headers, query).await {
+        Ok(id) => id,
+        Err(f) => {
+            let (method, result) = match f {
+                AuthFailure::Missing => (None, AuthOutcome::Missing),
+                AuthFailure::Invalid(m, _) => (Some(m), AuthOutcome::Invalid),
+                AuthFailure::Unavailable(m) => (Some(m), AuthOutcome::Unavailable),
+            };
+            let reason = f.reason();
+            events.publish(&SecurityEvent::Auth { method, outcome: result, client, route, consumer: None, reason });
+            return Err(refuse(f));
+        }
+    };
+    outcome.consumer = id.consumer.clone();
+    let consumer = id.consumer.as_deref();
+    let method = Some(id.method);
+    events.publish(&SecurityEvent::Auth { method, outcome: AuthOutcome::Success, client, route, consumer, reason: "" });
+    if !Authenticator::authorise(&rc.allow, Some(&id), client) {
+        events.publish(&SecurityEvent::Denied { client, route, consumer });
+        return Err(GatewayError::Forbidden);
+    }
+    auth.set_identity(headers, &id, request_id, route).map_err(refuse)?;
+    auth.hide_key(headers);
+    Ok(if rc.auth.contains(&AuthMethod::ApiKey) { auth.key_query() } else { None })
+}
+
 async fn proxy(
     ctx: &ConnCtx,
     snap: &Snapshot,
@@ -262,65 +319,8 @@ async fn proxy(
     // headers set below.
     strip_hop_by_hop(&mut parts.headers);
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
-    let auth = &snap.auth;
-    auth.strip_identity(&mut parts.headers);
-    let rc = &snap.config.routes[idx];
-    let mut hide_key_param = None;
-    if !rc.auth.is_empty() {
-        let route_name = snap.route_names.get(idx).map_or("", |n| &**n);
-        let client = ctx.peer.ip().to_canonical();
-        let id = match auth.authenticate(&rc.auth, &parts.headers, parts.uri.query()).await {
-            Ok(id) => id,
-            Err(f) => {
-                let (method, outcome) = match f {
-                    AuthFailure::Missing => (None, AuthOutcome::Missing),
-                    AuthFailure::Invalid(m, _) => (Some(m), AuthOutcome::Invalid),
-                    AuthFailure::Unavailable(m) => (Some(m), AuthOutcome::Unavailable),
-                };
-                let event = SecurityEvent::Auth {
-                    method,
-                    outcome,
-                    client,
-                    route: route_name,
-                    consumer: None,
-                    reason: f.reason(),
-                };
-                ctx.gw.shared.events.publish(&event);
-                return Err(match f {
-                    AuthFailure::Unavailable(_) => GatewayError::AuthUnavailable,
-                    _ => GatewayError::Unauthenticated { challenge: auth.challenge(&rc.auth, &f), reason: f.reason() },
-                });
-            }
-        };
-        outcome.consumer = id.consumer.clone();
-        let consumer = id.consumer.as_deref();
-        ctx.gw.shared.events.publish(&SecurityEvent::Auth {
-            method: Some(id.method),
-            outcome: AuthOutcome::Success,
-            client,
-            route: route_name,
-            consumer,
-            reason: "",
-        });
-        if !Authenticator::authorise(&rc.allow, Some(&id), client) {
-            ctx.gw.shared.events.publish(&SecurityEvent::Denied { client, route: route_name, consumer });
-            return Err(GatewayError::Forbidden);
-        }
-        auth.set_identity(&mut parts.headers, &id, request_id, route_name).map_err(|f| {
-            GatewayError::Unauthenticated { challenge: auth.challenge(&rc.auth, &f), reason: f.reason() }
-        })?;
-        auth.hide_key(&mut parts.headers);
-        if rc.auth.contains(&AuthMethod::ApiKey) {
-            hide_key_param = auth.key_query();
-        }
-    } else if !rc.allow.is_empty() {
-        let client = ctx.peer.ip().to_canonical();
-        if !Authenticator::authorise(&rc.allow, None, client) {
-            let route_name = snap.route_names.get(idx).map_or("", |n| &**n);
-            ctx.gw.shared.events.publish(&SecurityEvent::Denied { client, route: route_name, consumer: None });
-            return Err(GatewayError::Forbidden);
-        }
-    }
+    snap.auth.strip_identity(&mut parts.headers);
+    let hide_key_param = identify(ctx, snap, idx, &mut parts.headers, parts.uri.query(), request_id, outcome).await?;
 
     // An API key sent as a query parameter does not travel on.
     let key_param =
