@@ -337,3 +337,42 @@ routes:
     assert!(jsonwebtoken::decode::<serde_json::Value>(token, &other, &v).is_err());
     gw.shutdown(Duration::from_secs(1)).await;
 }
+
+/// With a public catch-all in front of the same backend, another spelling of a protected
+/// path (case, `;parameters`, trailing dots) is refused rather than served unauthenticated:
+/// lenient backends (Tomcat, IIS, case-insensitive file systems) would read it as the
+/// protected path.
+#[tokio::test]
+async fn other_spellings_of_a_protected_path_do_not_slip_through_a_public_route() {
+    let up = TestUpstream::start("app").await;
+    let yaml = format!(
+        r#"version: 1
+listeners: [{{ name: public, bind: "127.0.0.1:0" }}]
+upstreams: [{{ name: app, targets: [{{ url: "http://{}" }}] }}]
+routes:
+  - {{ name: site, match: {{ prefix: / }}, upstream: app, public: true }}
+  - {{ name: admin, match: {{ prefix: /admin }}, upstream: app, auth: [api_key] }}
+"#,
+        up.addr
+    );
+    let (_, path) = write_config(&yaml);
+    let gw = start(&path).await;
+    let addr = gw.local_addr("public").expect("addr");
+    for p in ["/Admin/users", "/ADMIN", "/admin;jsessionid=x/users", "/admin./users", "/aDmIn.;x/", "/admin%3bx/users"]
+    {
+        let (head, _) = raw_exchange(
+            addr,
+            format!("GET {p} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!(status == 400 || status == 401, "{p}: {head}");
+    }
+    assert_eq!(up.count(), 0, "no spelling of /admin reached the backend");
+    for p in ["/", "/About/Us", "/administrator", "/shop;x", "/file.txt."] {
+        assert_eq!(get(&format!("http://{addr}{p}")).await.0, 200, "{p}");
+    }
+    assert_eq!(get(&format!("http://{addr}/admin/x")).await.0, 401);
+    gw.shutdown(Duration::from_secs(1)).await;
+}

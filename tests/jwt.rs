@@ -1091,3 +1091,22 @@ async fn keys_found_by_openid_discovery() {
     expect_problem("discovery naming another issuer", 503, &res);
     assert_eq!(up2.count(), 0);
 }
+
+/// A token's consumer claim gets a directory consumer's groups only from an issuer trusted
+/// to name consumers (`map_consumers: true`); the upstream is told the issuer either way.
+#[tokio::test]
+async fn consumer_groups_come_from_the_directory_only_for_trusted_issuers() {
+    let up = TestUpstream::start("app").await;
+    let k1 = RsaKey::new("k1");
+    let consumers = "consumers: [{ name: billing, groups: [partners] }]\n";
+    let auth = bearer(&k1.token(&claims("billing")));
+    for (extra, groups) in [(&[][..], None), (&[("map_consumers", "true")][..], Some("partners"))] {
+        let yaml = format!("{}{consumers}", config(up.addr, &inline_source("k1", &k1.spki_pem()), "RS256", extra, ""));
+        let gw = TestGateway::start(&yaml).await;
+        assert_eq!(call(&gw, "/private/x", Some(&auth)).await.0, 200);
+        let h = up.last().headers;
+        assert_eq!(h["x-consumer-id"], "billing");
+        assert_eq!(h["x-consumer-issuer"], ISS);
+        assert_eq!(h.get("x-consumer-groups").and_then(|v| v.to_str().ok()), groups, "{extra:?}");
+    }
+}

@@ -21,7 +21,7 @@ pub struct ConsumerInfo {
     /// Its name (sent upstream as the consumer id).
     pub name: Arc<str>,
     /// Its groups.
-    pub groups: Vec<Arc<str>>,
+    pub groups: Arc<[Arc<str>]>,
     /// `groups` joined with `,`, ready for the upstream header.
     pub groups_header: Option<HeaderValue>,
     /// `name`, ready for the upstream header.
@@ -96,11 +96,6 @@ impl Directory {
     pub fn consumer(&self, name: &str) -> Option<&Arc<ConsumerInfo>> {
         self.consumers.get(name)
     }
-
-    /// Whether a key id is known here (whatever its secret).
-    pub fn has_key_id(&self, id: &str) -> bool {
-        self.keys.contains_key(id)
-    }
 }
 
 /// Keep `dir` in step with `store` until `stop`: poll the generation every [`POLL`] and read
@@ -118,6 +113,10 @@ pub async fn sync(store: Arc<dyn Store>, dir: Arc<ArcSwap<Directory>>, stop: Can
             Ok(_) => store.identities().await.map(Some),
             Err(e) => Err(e),
         };
+        if stop.is_cancelled() {
+            // Replaced (or removed) while reading: what was read is no longer ours to publish.
+            return;
+        }
         match result {
             Ok(Some(ids)) => {
                 tracing::info!(

@@ -261,8 +261,15 @@ impl Fetcher {
                 if doc.issuer != *issuer {
                     return Err(format!("{url}: names issuer `{}`, not `{issuer}`", doc.issuer));
                 }
+                // Keys found over https are fetched over https: no downgrade.
+                let https = url.scheme_str() == Some("https");
                 match doc.jwks_uri.parse::<http::Uri>() {
-                    Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
+                    Ok(u)
+                        if u.authority().is_some()
+                            && (u.scheme_str() == Some("https") || (!https && u.scheme_str() == Some("http"))) =>
+                    {
+                        u
+                    }
                     _ => return Err(format!("{url}: unusable jwks_uri")),
                 }
             }

@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 use super::jwks::Source;
 use crate::config::JwtIssuerConfig;
 
+/// Most keys one token is checked against (only tokens without `kid` have several).
+const MAX_TRIES: usize = 4;
+
 /// Largest token accepted, in bytes.
 pub const MAX_TOKEN: usize = 8 * 1024;
 
@@ -35,6 +38,8 @@ pub struct Verified {
     pub claims: Map<String, Value>,
     /// `consumer`, `subject` and `scopes` (space-joined) as header values, made once.
     pub(crate) values: [Option<http::HeaderValue>; 3],
+    /// The issuer, as a header value.
+    pub(crate) issuer_value: http::HeaderValue,
 }
 
 /// Tokens verified recently, by SHA-256 of the whole token, so that a client reusing its
@@ -109,6 +114,8 @@ pub(crate) struct Issuer {
     required: Vec<String>,
     pub(crate) consumer_claim: String,
     pub(crate) groups_claim: Option<String>,
+    /// Whether consumer names from this issuer's tokens are looked up in the directory.
+    pub(crate) map_consumers: bool,
 }
 
 impl Issuer {
@@ -137,6 +144,7 @@ impl Issuer {
             required: cfg.required_claims.clone(),
             consumer_claim: cfg.consumer_claim.clone(),
             groups_claim: cfg.groups_claim.clone(),
+            map_consumers: cfg.map_consumers,
         }
     }
 
@@ -164,6 +172,12 @@ impl Issuer {
         };
         let joined = (!scopes.is_empty()).then(|| scopes.join(" "));
         let values = [value(consumer.as_deref())?, value(subject.as_deref())?, value(joined.as_deref())?];
+        // Groups are sent comma-separated: one holding a comma, a space or a control
+        // character would read as several (or break the header).
+        if claim_groups.iter().any(|g| g.is_empty() || !g.bytes().all(|b| b.is_ascii_graphic() && b != b',')) {
+            return Err(JwtError::Invalid("identity claims cannot be sent as headers"));
+        }
+        let issuer_value = value(Some(&self.iss))?.unwrap_or_else(|| http::HeaderValue::from_static(""));
         Ok(Verified {
             issuer,
             exp: as_u64("exp").unwrap_or(0),
@@ -173,6 +187,7 @@ impl Issuer {
             consumer,
             scopes,
             values,
+            issuer_value,
             claim_groups: claim_groups.into_iter().map(Arc::from).collect(),
             claims,
         })
@@ -231,7 +246,9 @@ fn try_keys(
     validation: &Validation,
 ) -> Result<Map<String, Value>, JwtError> {
     let mut outcome = JwtError::Invalid("unknown key");
-    for key in keys.candidates(kid, alg) {
+    // A token without `kid` may be tried against a few keys, not all: an anonymous request
+    // must not cost dozens of signature checks.
+    for key in keys.candidates(kid, alg).take(MAX_TRIES) {
         match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
             Ok(data) => return Ok(data.claims),
             // Another key with the same `kid` (or, without one, of the same family) may fit.

@@ -32,7 +32,7 @@ pub struct Identity {
     /// The consumer: the key's owner, or the JWT's consumer claim (`sub` by default).
     pub consumer: Option<Arc<str>>,
     /// The consumer's groups (from the directory, and the JWT's groups claim).
-    pub groups: Vec<Arc<str>>,
+    pub groups: Arc<[Arc<str>]>,
     /// What the JWT proved, if that is how.
     pub token: Option<Arc<jwt::Verified>>,
     /// The directory entry, when the consumer is known there.
@@ -78,6 +78,7 @@ struct IdentityHeaders {
     subject: HeaderName,
     scopes: HeaderName,
     auth: HeaderName,
+    issuer: HeaderName,
 }
 
 /// Signs the identity assertion upstreams may verify instead of trusting plain headers.
@@ -112,6 +113,9 @@ struct AssertionClaims<'a> {
     /// The request id, for correlation.
     request_id: &'a str,
     auth: &'static str,
+    /// The `iss` of the token the caller presented, when that is how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     groups: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,10 +158,16 @@ impl Assertion {
             jti: {
                 let mut b = [0u8; 16];
                 aws_lc_rs::rand::fill(&mut b).ok()?;
-                b.iter().map(|x| format!("{x:02x}")).collect()
+                let mut hex = String::with_capacity(32);
+                for x in b {
+                    hex.push(char::from(b"0123456789abcdef"[usize::from(x >> 4)]));
+                    hex.push(char::from(b"0123456789abcdef"[usize::from(x & 15)]));
+                }
+                hex
             },
             request_id,
             auth: method_name(id.method),
+            token_iss: id.token.as_ref().and_then(|t| t.issuer_value.to_str().ok()),
             groups: id.groups.iter().map(|g| &**g).collect(),
             scope: id.token.as_ref().filter(|t| !t.scopes.is_empty()).map(|t| t.scopes.join(" ")),
             route,
@@ -212,6 +222,7 @@ impl Authenticator {
             subject: name("subject")?,
             scopes: name("scopes")?,
             auth: name("auth")?,
+            issuer: name("issuer")?,
         };
         let assertion = match &a.identity.assertion {
             Some(c) => Some(Assertion::new(c, name("assertion")?)?),
@@ -376,13 +387,22 @@ impl Authenticator {
                 v
             }
         };
-        let info = verified.consumer.as_deref().and_then(|c| self.consumer(c));
-        let mut groups = info.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
-        for g in &verified.claim_groups {
-            if !groups.contains(g) {
-                groups.push(g.clone());
+        // Only an issuer trusted to name consumers (`map_consumers: true`) gets their groups:
+        // otherwise any issuer could claim any consumer's name.
+        let mapped = self.issuers.get(verified.issuer).is_some_and(|i| i.map_consumers);
+        let info = if mapped { verified.consumer.as_deref().and_then(|c| self.consumer(c)) } else { None };
+        let directory_groups: Arc<[Arc<str>]> = info.as_ref().map_or_else(|| Arc::from([]), |i| i.groups.clone());
+        let groups = if verified.claim_groups.is_empty() {
+            directory_groups
+        } else {
+            let mut all = directory_groups.to_vec();
+            for g in &verified.claim_groups {
+                if !all.contains(g) {
+                    all.push(g.clone());
+                }
             }
-        }
+            Arc::from(all)
+        };
         Ok(Identity {
             method: AuthMethod::Jwt,
             consumer: verified.consumer.clone(),
@@ -427,6 +447,9 @@ impl Authenticator {
     ) -> Result<(), AuthFailure> {
         let bad = || AuthFailure::Invalid(id.method, "identity claims cannot be sent as headers");
         // Values made once per consumer or verified token: no allocation here.
+        if let Some(t) = &id.token {
+            h.insert(self.headers.issuer.clone(), t.issuer_value.clone());
+        }
         let consumer = match (&id.info, &id.token) {
             (Some(i), _) => i.id_header.clone(),
             (None, Some(t)) => t.values[0].clone(),
@@ -557,7 +580,7 @@ mod tests {
         let id = Identity {
             method: AuthMethod::Jwt,
             consumer: Some(Arc::from("app1")),
-            groups: vec![Arc::from("partners")],
+            groups: Arc::from([Arc::from("partners")]),
             token: Some(Arc::new(jwt::Verified {
                 issuer: 0,
                 exp: 0,
@@ -569,6 +592,7 @@ mod tests {
                 claim_groups: Vec::new(),
                 claims: serde_json::from_str(r#"{"tenant":"acme","n":3}"#).expect("json"),
                 values: [None, None, None],
+                issuer_value: HeaderValue::from_static("https://id.test/"),
             })),
             info: None,
         };

@@ -98,6 +98,10 @@ pub struct JwtIssuerConfig {
     pub consumer_claim: String,
     /// Claim listing the caller's groups, if any.
     pub groups_claim: Option<String>,
+    /// `map_consumers: true`: the consumer claim names a consumer of the directory (config
+    /// or store), whose groups the caller gets. Off by default: another issuer's tokens
+    /// could otherwise claim a consumer's name and its groups.
+    pub map_consumers: bool,
     /// Background refresh period of fetched key sets (default 5m).
     pub refresh: Duration,
     /// Least time between refreshes caused by an unknown `kid` (default 10s).
@@ -120,7 +124,8 @@ pub enum KeySource {
 /// `auth.jwt[].keys[]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlineKey {
-    /// `kid` the key answers to; `None` matches tokens without a `kid`.
+    /// `kid` the key answers to. A key without one is tried only for tokens without a
+    /// `kid`; a token naming a `kid` is checked only with the key of that `kid`.
     pub kid: Option<String>,
     /// The key material.
     pub material: KeyMaterial,

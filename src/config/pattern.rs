@@ -206,6 +206,25 @@ impl PathPattern {
     }
 }
 
+impl PathPattern {
+    /// The same pattern with its literal text in lower case (for the shadow check of
+    /// protected routes).
+    pub fn to_lowercase(&self) -> PathPattern {
+        match self {
+            PathPattern::Exact(p) => PathPattern::Exact(p.to_ascii_lowercase()),
+            PathPattern::Prefix(p) => PathPattern::Prefix(p.to_ascii_lowercase()),
+            PathPattern::Template(segs) => PathPattern::Template(
+                segs.iter()
+                    .map(|s| match s {
+                        Segment::Literal(l) => Segment::Literal(l.to_ascii_lowercase()),
+                        p @ Segment::Param(_) => p.clone(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 impl std::fmt::Display for PathPattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -95,7 +95,12 @@ impl Events {
                 self.auth[m][outcome as usize].fetch_add(1, Ordering::Relaxed);
                 if outcome != AuthOutcome::Success && self.may_log() {
                     let method = METHODS[m];
-                    tracing::info!(target: "portcullis::security", event = "auth_failure", %client, route, method, consumer, reason, "Authentication failed");
+                    if outcome == AuthOutcome::Unavailable {
+                        // The gateway's trouble, not the caller's: never counted against them.
+                        tracing::info!(target: "portcullis::security", event = "auth_unavailable", %client, route, method, reason, "Authentication could not be checked");
+                    } else {
+                        tracing::info!(target: "portcullis::security", event = "auth_failure", %client, route, method, consumer, reason, "Authentication failed");
+                    }
                 }
             }
             SecurityEvent::Denied { client, route, consumer } => {

@@ -43,6 +43,28 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Normalise a request path (without its query). Already-normal paths are borrowed, so the
 /// common case allocates nothing.
+/// The loose form of a normalised path, as lenient backends may read it: each segment in
+/// lower case, without `;parameters` and without trailing dots. `None` when it is the same
+/// (the common case: nothing to allocate). A public route's request whose loose form
+/// matches a protected route is refused, so `/Admin`, `/admin;x` or `/admin.` cannot reach
+/// a case-insensitive, parameter-stripping or dot-trimming backend behind `/admin`'s `auth`.
+pub fn loose_form(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let differs = b.iter().any(|c| c.is_ascii_uppercase() || *c == b';') || path.ends_with('.') || path.contains("./");
+    if !differs {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        out.push('/');
+        // `;` starts path parameters, also when escaped (some backends decode first).
+        let cut = seg.find(';').into_iter().chain(seg.to_ascii_lowercase().find("%3b")).min().unwrap_or(seg.len());
+        let seg = seg[..cut].trim_end_matches('.');
+        out.extend(seg.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    Some(out)
+}
+
 pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {
@@ -166,6 +188,18 @@ fn normalise_slow(path: &str) -> Result<String, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loose_forms() {
+        assert_eq!(loose_form("/admin/users"), None);
+        assert_eq!(loose_form("/Admin/Users").as_deref(), Some("/admin/users"));
+        assert_eq!(loose_form("/admin;jsessionid=1/users").as_deref(), Some("/admin/users"));
+        assert_eq!(loose_form("/admin./users").as_deref(), Some("/admin/users"));
+        assert_eq!(loose_form("/admin..").as_deref(), Some("/admin"));
+        assert_eq!(loose_form("/admin%3Bx/users").as_deref(), Some("/admin/users"));
+        assert_eq!(loose_form("/a/").as_deref(), None);
+        assert_eq!(loose_form("/").as_deref(), None);
+    }
 
     fn n(p: &str) -> Result<String, PathError> {
         normalise(p).map(|c| c.into_owned())

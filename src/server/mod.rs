@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub(crate) upstream_names: Vec<Arc<str>>,
     /// Authentication and authorisation settings of this version.
     pub(crate) auth: Authenticator,
+    /// The protected routes with lower-case patterns, when public routes exist next to them:
+    /// a public route's request whose loose spelling they match is refused.
+    pub(crate) shadow: Option<Table>,
 }
 
 impl Snapshot {
@@ -67,6 +70,17 @@ impl Snapshot {
         let auth =
             Authenticator::build(&config, inner.directory.clone(), &inner.jwks).map_err(GatewayStartError::Auth)?;
         let table = Table::new(&config.routes);
+        let shadow = (config.routes.iter().any(|r| r.auth.is_empty())
+            && config.routes.iter().any(|r| !r.auth.is_empty()))
+        .then(|| {
+            let protected: Vec<_> = config
+                .routes
+                .iter()
+                .filter(|r| !r.auth.is_empty())
+                .map(|r| crate::config::RouteConfig { path: r.path.to_lowercase(), ..r.clone() })
+                .collect();
+            Table::new(&protected)
+        });
         let stop = inner.shutdown.child_token();
         let upstreams =
             config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, &inner.clients, &inner.health, &stop))).collect();
@@ -86,6 +100,7 @@ impl Snapshot {
             route_names,
             upstream_names,
             auth,
+            shadow,
         })
     }
 }

@@ -312,6 +312,16 @@ async fn proxy(
     let idx = snap.table.find(&view).ok_or(GatewayError::RouteNotFound)?;
     let route = &snap.table.routes()[idx];
     outcome.route = Some(idx);
+    if let Some(shadow) = &snap.shadow
+        && route.auth.is_empty()
+        && let Some(loose) = crate::router::path::loose_form(&path)
+    {
+        // A public route took it, but a lenient backend might read it as a protected one.
+        let v = RequestView { host: host.as_deref(), path: &loose, method: &parts.method, headers: &parts.headers };
+        if shadow.find(&v).is_some() {
+            return Err(GatewayError::BadRequest("the path is another spelling of a protected route"));
+        }
+    }
     let upstream = &snap.upstreams[route.upstream];
     drop(host);
 

@@ -3,8 +3,8 @@
 //!
 //! Owns the [`Store`] trait every backend implements, the record types, and [`open`], which
 //! picks the backend from `node.store`. SQLite ([`sqlite`]) is the embedded backend; a
-//! PostgreSQL one will implement the same trait for clusters. Writers (the CLI, the admin
-//! API) bump a generation number with every change; a running node polls it and reloads
+//! PostgreSQL one will implement the same trait for clusters. Writers (the CLI today) bump a
+//! generation number with every change; a running node polls it and reloads
 //! what changed, so a revoked key is refused within a second.
 
 pub mod sqlite;

@@ -47,7 +47,8 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // Writes are rare; a committed revocation must survive a power cut.
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
@@ -57,7 +58,8 @@ impl SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: a node and a CLI command opening a new file at once take turns.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *tx).await?.try_get(0)?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -145,7 +147,7 @@ impl Store for SqliteStore {
 
     fn add_key<'a>(&'a self, key: &'a KeyRecord) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let exists = sqlx::query("SELECT 1 FROM consumers WHERE name = $1")
                 .bind(&key.consumer)
                 .fetch_optional(&mut *tx)

@@ -141,17 +141,20 @@ pub(super) fn decode_auth(d: &mut Decoder<'_>, node: &Node, path: &str) -> AuthC
                 d.err(n.pos, &p, "expected 2-32 lower-case letters, digits or `-`, ending in `-` (like `x-consumer-`)");
             }
         }
-        if out.api_key.header.as_str().starts_with(&out.identity.prefix) {
-            d.err(
-                n.pos,
-                &p,
-                format!("the prefix would remove the API key header `{}` before it is read", out.api_key.header),
-            );
-        }
         out.identity.assertion = hf.get("assertion").and_then(|(n, p)| decode_assertion(d, n, &p));
         hf.finish(d);
     }
     f.finish(d);
+    if out.api_key.header.as_str().starts_with(&out.identity.prefix) {
+        d.err(
+            node.pos,
+            path,
+            format!(
+                "the identity prefix `{}` would remove the API key header `{}` before it is read",
+                out.identity.prefix, out.api_key.header
+            ),
+        );
+    }
     out
 }
 
@@ -219,7 +222,24 @@ fn decode_assertion(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Asse
 /// Headers that must never be taken over as credential carriers.
 fn is_reserved_header(h: &HeaderName) -> bool {
     use http::header::*;
-    [HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, UPGRADE, TE, COOKIE, CONTENT_TYPE].contains(h)
+    // Framing and hop-by-hop headers (removed before authentication), and `Authorization`
+    // (the bearer token's).
+    [
+        HOST,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+        UPGRADE,
+        TE,
+        TRAILER,
+        COOKIE,
+        CONTENT_TYPE,
+        AUTHORIZATION,
+        PROXY_AUTHORIZATION,
+        PROXY_AUTHENTICATE,
+    ]
+    .contains(h)
+        || matches!(h.as_str(), "keep-alive" | "proxy-connection")
 }
 
 const ALGORITHMS: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512";
@@ -336,10 +356,18 @@ fn decode_issuer(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<JwtIssu
         sources += 1;
         if let Some((file, text)) = d.read_file(n, &p, s) {
             match serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&text) {
-                Ok(set) if set.keys.iter().any(|k| DecodingKey::from_jwk(k).is_ok()) => {
+                Ok(set)
+                    if set.keys.iter().any(|k| {
+                        DecodingKey::from_jwk(k).is_ok_and(|k| k.family() != jsonwebtoken::AlgorithmFamily::Hmac)
+                    }) =>
+                {
                     source = Some(KeySource::JwksFile(file, text));
                 }
-                Ok(_) => d.err(n.pos, &p, "the JWKS document has no usable key"),
+                Ok(_) => d.err(
+                    n.pos,
+                    &p,
+                    "the JWKS document has no usable public key (symmetric keys are never taken from a JWKS)",
+                ),
                 Err(e) => d.err(n.pos, &p, format!("not a JWKS document: {e}")),
             }
         }
@@ -405,6 +433,8 @@ fn finish_issuer(
         consumer_claim = s.to_string();
     }
     let groups_claim = f.get("groups_claim").and_then(|(n, p)| scalar(d, n, &p).map(str::to_string));
+    let mut map_consumers = false;
+    f.set(d, "map_consumers", boolean, &mut map_consumers);
     let mut refresh = std::time::Duration::from_secs(300);
     f.set(d, "refresh", duration, &mut refresh);
     let mut min_refresh = std::time::Duration::from_secs(10);
@@ -422,6 +452,7 @@ fn finish_issuer(
         required_claims,
         consumer_claim,
         groups_claim,
+        map_consumers,
         refresh,
         min_refresh,
     })
