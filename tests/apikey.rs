@@ -62,7 +62,9 @@ async fn call(gw: &portcullis::server::Gateway, path: &str, key: Option<&str>) -
     send(req.body(full("")).expect("request")).await
 }
 
-#[tokio::test]
+// Multi-threaded: the CLI runs as a blocking child process while the in-process gateway
+// (and its store writer) must keep going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_from_the_cli_authenticate_and_revocation_is_seen_within_a_second() {
     let up = TestUpstream::start("app").await;
     let dir = scratch_dir();

@@ -41,7 +41,13 @@ pub trait Node: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// Every metric, in the Prometheus text format.
     fn metrics(&self) -> String;
+    /// An admin API call was allowed or refused (for the audit log).
+    fn audit_admin(&self, _method: &str, _path: &str, _allowed: bool, _client: Option<std::net::IpAddr>) {}
 }
+
+/// The peer address of an admin connection, for the audit log.
+#[derive(Debug, Clone, Copy)]
+struct ClientAddr(std::net::SocketAddr);
 
 /// `GET /api/v1/status`.
 #[derive(Debug, Serialize)]
@@ -93,6 +99,11 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
         (Some(want), Some(got)) => bool::from(want.as_ref().ct_eq(got)),
         _ => false,
     };
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+    // Scrapes of /metrics are routine, not worth an audit record each.
+    if !(ok && req.uri().path() == "/metrics") {
+        st.node.audit_admin(req.method().as_str(), req.uri().path(), ok, client);
+    }
     if ok {
         return next.run(req).await;
     }
@@ -200,7 +211,7 @@ pub async fn serve(
     let app = router(node, token.map(|t| Arc::from(t.into_bytes())), public_metrics);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
             r = sock.accept() => match r {
                 Ok(x) => x,
@@ -213,7 +224,7 @@ pub async fn serve(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone().layer(axum::Extension(ClientAddr(peer))));
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()

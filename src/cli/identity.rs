@@ -64,7 +64,7 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// Open the store the config at `path` names, then run `f` on it.
-fn with_store<F>(path: &Path, f: F) -> ExitCode
+pub(crate) fn with_store<F>(path: &Path, f: F) -> ExitCode
 where
     F: AsyncFnOnce(Arc<dyn Store>) -> Result<ExitCode, StoreError>,
 {
@@ -109,7 +109,20 @@ where
     })
 }
 
-fn time(secs: i64) -> String {
+/// Append a record of what this command changed to the audit log.
+async fn audit(s: &dyn Store, kind: &str, detail: serde_json::Value) -> Result<(), StoreError> {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let e = crate::store::audit::AuditEvent {
+        time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+        node: "cli".into(),
+        kind: kind.into(),
+        actor: format!("cli:{user}"),
+        detail: detail.to_string(),
+    };
+    s.append_audit(&e).await.map(|_| ())
+}
+
+pub(crate) fn time(secs: i64) -> String {
     crate::observe::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
 }
 
@@ -122,6 +135,7 @@ pub(crate) fn consumers(path: &Path, cmd: ConsumersCmd) -> ExitCode {
             }
             with_store(path, async move |s| {
                 s.add_consumer(&name, &groups).await?;
+                audit(&*s, "consumer_added", serde_json::json!({ "consumer": name, "groups": groups })).await?;
                 eprintln!("consumer `{name}` added");
                 Ok(ExitCode::SUCCESS)
             })
@@ -140,6 +154,7 @@ pub(crate) fn consumers(path: &Path, cmd: ConsumersCmd) -> ExitCode {
         }),
         ConsumersCmd::Remove { name } => with_store(path, async move |s| {
             if s.remove_consumer(&name).await? {
+                audit(&*s, "consumer_removed", serde_json::json!({ "consumer": name })).await?;
                 eprintln!("consumer `{name}` and its keys removed");
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -162,6 +177,7 @@ pub(crate) fn keys(path: &Path, cmd: KeysCmd) -> ExitCode {
                 revoked: None,
             };
             s.add_key(&rec).await?;
+            audit(&*s, "key_issued", serde_json::json!({ "consumer": consumer, "key_id": new.id })).await?;
             println!("{}", new.key);
             eprintln!("key {} issued to `{consumer}`; it is shown only this once", new.id);
             Ok(ExitCode::SUCCESS)
@@ -188,6 +204,7 @@ pub(crate) fn keys(path: &Path, cmd: KeysCmd) -> ExitCode {
             }
             with_store(path, async move |s| {
                 if s.revoke_key(&id).await? {
+                    audit(&*s, "key_revoked", serde_json::json!({ "key_id": id })).await?;
                     eprintln!("key {id} revoked");
                     Ok(ExitCode::SUCCESS)
                 } else {

@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`, `status`, `consumers`, `keys`, `demo`.
+//! The command line: `run`, `validate`, `explain`, `status`, `consumers`, `keys`, `audit`, `demo`.
 //!
 //! Exit codes: 0 success, 1 invalid input or refused, 2 usage error.
 
@@ -11,6 +11,7 @@ use crate::config::{self, Config};
 use crate::observe;
 use crate::server::{Gateway, StartOptions, source_hash, watch_config};
 
+mod audit;
 mod explain;
 mod identity;
 mod status;
@@ -82,6 +83,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: identity::KeysCmd,
     },
+    /// Read the audit log (a hash chain in the store the config names).
+    Audit {
+        /// Config file naming the store (`node.store`).
+        #[arg(short = 'c', long = "config", global = true, default_value = "portcullis.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
+    },
     /// Start the gateway on examples/quickstart.yaml with two built-in sample backends.
     Demo {
         /// Config file (defaults to examples/quickstart.yaml, or a built-in copy of it).
@@ -104,6 +113,7 @@ pub fn main() -> ExitCode {
         Cmd::Explain { config, method, url, headers } => explain::run(&config, &method, &url, &headers),
         Cmd::Consumers { config, cmd } => identity::consumers(&config, cmd),
         Cmd::Keys { config, cmd } => identity::keys(&config, cmd),
+        Cmd::Audit { config, cmd } => audit::run(&config, cmd),
         Cmd::Status { admin, config, json } => status::run(admin.as_deref(), config.as_deref(), json),
         Cmd::Run { config } => {
             observe::init_logging();

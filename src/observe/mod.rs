@@ -5,6 +5,7 @@
 //! Every event about a request carries `request_id`, `client` and `config_version`.
 
 pub mod access;
+pub mod audit;
 pub mod events;
 pub mod metrics;
 

@@ -28,6 +28,7 @@ use crate::config::{self, Config, ConfigErrors, ListenerConfig};
 use crate::config::{AccessLogConfig, StoreUrl};
 use crate::health::HealthCache;
 use crate::observe::access::AccessLog;
+use crate::observe::audit::Audit;
 use crate::observe::events::Events;
 use crate::observe::metrics::{Metrics, RouteMetrics, family, label_value, write_process};
 use crate::protect::ConnLimiter;
@@ -119,6 +120,8 @@ pub(crate) struct Shared {
     access_log: Mutex<Option<Arc<AccessLog>>>,
     /// Security events (authentication outcomes, refusals) and their subscribers.
     pub(crate) events: Events,
+    /// The audit log's recorder (writes into the store, when there is one).
+    pub(crate) audit: Arc<Audit>,
     /// Consumers and keys from the store, kept current by a sync task.
     directory: Arc<ArcSwap<Directory>>,
     /// Fetched JWT keys, shared by config versions.
@@ -140,6 +143,7 @@ impl Shared {
                 stop.cancel();
             }
             self.directory.store(Arc::new(Directory::default()));
+            self.audit.set_store(None);
             return Ok(());
         };
         let store = crate::store::open(url).await.map_err(GatewayStartError::Store)?;
@@ -148,6 +152,7 @@ impl Shared {
         self.directory.store(Arc::new(Directory::from_store(&ids)));
         let stop = self.shutdown.child_token();
         tokio::spawn(crate::auth::directory::sync(store.clone(), self.directory.clone(), stop.clone()));
+        self.audit.set_store(Some(store.clone()));
         if let Some((_, _, old)) = cur.replace((url.clone(), store, stop)) {
             old.cancel();
         }
@@ -268,6 +273,12 @@ impl crate::admin::Node for NodeView {
         !self.0.shared.shutdown.is_cancelled()
     }
 
+    fn audit_admin(&self, method: &str, path: &str, allowed: bool, client: Option<std::net::IpAddr>) {
+        let actor = if allowed { "admin-token" } else { "anonymous" };
+        let detail = crate::observe::audit::admin_detail(method, path, allowed, client);
+        self.0.shared.audit.record_limited("admin_access", actor, detail);
+    }
+
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.0.shared.metrics.write_requests(&mut out);
@@ -339,6 +350,7 @@ impl crate::admin::Node for NodeView {
             targets().map(|(u, t)| (target(u, t), t.health.ejections_total)),
         );
         self.0.shared.events.write_metrics(&mut out);
+        self.0.shared.audit.write_metrics(&mut out);
         let jwks: Vec<_> = snap.auth.jwks_status();
         let issuer = |s: &crate::auth::jwks::SourceStatus| format!("issuer=\"{}\"", label_value(&s.issuer));
         family(
@@ -442,8 +454,15 @@ impl Gateway {
         };
         let admin = admin_sock.as_ref().and_then(|s| s.local_addr().ok());
         let store = config.node.store.clone();
+        shared.events.subscribe(shared.audit.clone());
+        shared.audit.set_node(&config.node.name);
         let snapshot = Snapshot::build(1, config, &shared)?;
         shared.use_store(store.as_ref()).await?;
+        shared.audit.record(
+            "node_started",
+            "portcullis",
+            serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "config_version": 1 }),
+        );
         let inner = Arc::new(Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             shared,
@@ -514,7 +533,7 @@ impl Gateway {
     pub async fn reload(&self) -> Result<Reloaded, GatewayStartError> {
         let path = self.inner.path.clone().ok_or(GatewayStartError::NoFile)?;
         let mut last_hash = self.inner.reload_lock.lock().await;
-        let result = async {
+        let result: Result<Reloaded, GatewayStartError> = async {
             // One read: what is hashed is what is parsed.
             let text = config::read(&path)?;
             let h = hash_text(&text);
@@ -531,7 +550,15 @@ impl Gateway {
         match &result {
             Ok(Reloaded::Applied(_)) => m.reloads_applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             Ok(Reloaded::Unchanged(_)) => 0,
-            Err(_) => m.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => {
+                let first = e.to_string().lines().next().unwrap_or("").to_string();
+                self.inner.shared.audit.record(
+                    "config_refused",
+                    "portcullis",
+                    serde_json::json!({ "error": first, "file": path.display().to_string() }),
+                );
+                m.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
         };
         result
     }
@@ -579,8 +606,10 @@ impl Gateway {
         let version = self.inner.snapshot.load().version + 1;
         // Everything that can fail comes before anything changes: build, then switch stores.
         let store = config.node.store.clone();
+        let node_name = config.node.name.clone();
         let snap = Snapshot::build(version, config, &self.inner.shared)?;
         self.inner.shared.use_store(store.as_ref()).await?;
+        self.inner.shared.audit.set_node(&node_name);
         self.inner.shared.clients.retain_used(&snap.upstreams);
         self.inner.shared.health.retain_used(snap.upstreams.iter().map(|u| u.health()));
         let old = self.inner.snapshot.swap(Arc::new(snap));
@@ -609,6 +638,11 @@ impl Gateway {
             self.spawn_listener(&l, sock);
         }
         tracing::info!(config_version = version, "Config applied");
+        self.inner.shared.audit.record(
+            "config_applied",
+            "portcullis",
+            serde_json::json!({ "config_version": version }),
+        );
         Ok(version)
     }
 
@@ -625,6 +659,9 @@ impl Gateway {
         }
         self.inner.admin_stop.cancel();
         self.inner.listeners.lock().clear();
+        let shared = &self.inner.shared;
+        shared.audit.record("node_stopped", "portcullis", serde_json::json!({ "drained": drained }));
+        shared.audit.flush(Duration::from_secs(2)).await;
         // Closing the store checkpoints SQLite's write-ahead log into the database file.
         if let Some((_, store, stop)) = self.inner.shared.store.lock().await.take() {
             stop.cancel();

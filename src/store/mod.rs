@@ -7,6 +7,7 @@
 //! generation number with every change; a running node polls it and reloads
 //! what changed, so a revoked key is refused within a second.
 
+pub mod audit;
 pub mod sqlite;
 
 use std::future::Future;
@@ -99,6 +100,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn generation(&self) -> StoreFuture<'_, i64>;
     /// Consumers and usable keys, read consistently.
     fn identities(&self) -> StoreFuture<'_, Identities>;
+    /// Append one audit record to the hash chain; the record as stored.
+    fn append_audit<'a>(&'a self, e: &'a audit::AuditEvent) -> StoreFuture<'a, audit::AuditRecord>;
+    /// Audit records with `seq > after`, oldest first, at most `limit`.
+    fn audit_after(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<audit::AuditRecord>>;
+    /// The newest `n` audit records, oldest first.
+    fn audit_last(&self, n: u32) -> StoreFuture<'_, Vec<audit::AuditRecord>>;
     /// Close every connection (waiting for ones in use), flushing what the backend buffers.
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }

@@ -11,10 +11,12 @@ use std::time::Duration;
 use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use super::audit::{AuditEvent, AuditRecord, chain_hash};
 use super::{Consumer, Identities, KeyRecord, Store, StoreError, StoreFuture, now};
 
 /// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta (key, value) VALUES ('generation', 0);
 CREATE TABLE consumers (
@@ -30,7 +32,20 @@ CREATE TABLE api_keys (
     revoked  INTEGER
 );
 CREATE INDEX api_keys_consumer ON api_keys(consumer);
-"#];
+"#,
+    r#"
+CREATE TABLE audit (
+    seq     INTEGER PRIMARY KEY,
+    time    INTEGER NOT NULL,
+    node    TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    actor   TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    prev    BLOB NOT NULL,
+    hash    BLOB NOT NULL
+);
+"#,
+];
 
 const BUMP: &str = "UPDATE meta SET value = value + 1 WHERE key = 'generation'";
 
@@ -98,7 +113,93 @@ fn key_row(row: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
+fn audit_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, StoreError> {
+    let hash32 = |name: &str| -> Result<[u8; 32], StoreError> {
+        let v: Vec<u8> = row.try_get(name)?;
+        v.try_into().map_err(|_| StoreError::Corrupt(format!("an audit `{name}` is not 32 bytes")))
+    };
+    Ok(AuditRecord {
+        seq: row.try_get("seq")?,
+        time_ms: row.try_get("time")?,
+        node: row.try_get("node")?,
+        kind: row.try_get("kind")?,
+        actor: row.try_get("actor")?,
+        detail: row.try_get("detail")?,
+        prev: hash32("prev")?,
+        hash: hash32("hash")?,
+    })
+}
+
 impl Store for SqliteStore {
+    fn append_audit<'a>(&'a self, e: &'a AuditEvent) -> StoreFuture<'a, AuditRecord> {
+        Box::pin(async move {
+            // IMMEDIATE: the node and CLI commands append to one chain, one at a time.
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let last =
+                sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+            let (seq, prev) = match last {
+                Some(row) => {
+                    let seq: i64 = row.try_get("seq")?;
+                    let h: Vec<u8> = row.try_get("hash")?;
+                    let prev: [u8; 32] =
+                        h.try_into().map_err(|_| StoreError::Corrupt("an audit hash is not 32 bytes".into()))?;
+                    (seq + 1, prev)
+                }
+                None => (1, [0u8; 32]),
+            };
+            let hash = chain_hash(&prev, seq, e);
+            sqlx::query("INSERT INTO audit (seq, time, node, kind, actor, detail, prev, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(seq)
+                .bind(e.time_ms)
+                .bind(&e.node)
+                .bind(&e.kind)
+                .bind(&e.actor)
+                .bind(&e.detail)
+                .bind(&prev[..])
+                .bind(&hash[..])
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(AuditRecord {
+                seq,
+                time_ms: e.time_ms,
+                node: e.node.clone(),
+                kind: e.kind.clone(),
+                actor: e.actor.clone(),
+                detail: e.detail.clone(),
+                prev,
+                hash,
+            })
+        })
+    }
+
+    fn audit_after(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<AuditRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, time, node, kind, actor, detail, prev, hash FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(audit_row).collect()
+        })
+    }
+
+    fn audit_last(&self, n: u32) -> StoreFuture<'_, Vec<AuditRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, time, node, kind, actor, detail, prev, hash FROM audit ORDER BY seq DESC LIMIT $1",
+            )
+            .bind(i64::from(n))
+            .fetch_all(&self.pool)
+            .await?;
+            let mut out: Vec<AuditRecord> = rows.iter().map(audit_row).collect::<Result<_, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+    }
+
     fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(self.pool.close())
     }
