@@ -65,6 +65,8 @@ pub(crate) struct Finish {
     pub(crate) metrics: Arc<RouteMetrics>,
     /// The access log and the request's record, when there is an access log.
     pub(crate) log: Option<Logged>,
+    /// The request's span, when it is sampled; ended and exported here.
+    pub(crate) span: Option<(Arc<crate::observe::trace::Tracer>, Box<crate::observe::trace::Span>)>,
     pub(crate) bytes_out: u64,
 }
 
@@ -74,6 +76,10 @@ impl Drop for Finish {
         self.metrics.duration.observe(took);
         if let Some((log, record, progress)) = &self.log {
             log.log(record, took, progress.as_ref().map_or(0, |p| p.received()), self.bytes_out);
+        }
+        if let Some((tracer, mut span)) = self.span.take() {
+            span.end_ns = crate::observe::trace::now_ns();
+            tracer.finish(*span);
         }
     }
 }

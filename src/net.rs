@@ -1,7 +1,8 @@
 //! Outbound TCP: resolving a target's `host:port` and connecting within a deadline.
 //!
 //! Shared by the connection pools (`upstream`) and the health probes (`health`), so both
-//! reach a target exactly the same way.
+//! reach a target exactly the same way. Also the HTTP(S) client connector of the gateway's
+//! own outbound calls (JWT key fetches, span export).
 
 use std::io;
 use std::net::SocketAddr;
@@ -59,4 +60,25 @@ pub async fn dial(authority: &Authority, limit: Duration) -> Result<TcpStream, D
         }
     }
     Err(DialError::Connect(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))))
+}
+
+/// A connector for the gateway's own HTTP and HTTPS calls: rustls on aws-lc with the system's
+/// root certificates (without them, https calls fail with a clear error; http ones work).
+pub fn https_connector()
+-> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String> {
+    let provider = || rustls::crypto::aws_lc_rs::default_provider();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider())
+        .map_err(|e| e.to_string())
+        .or_else(|_| {
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider()))
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+                })
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| format!("TLS client: {e}"))?;
+    Ok(builder.https_or_http().enable_http1().build())
 }

@@ -315,24 +315,7 @@ impl SourceCache {
         if let Some(s) = map.get(&id).and_then(Weak::upgrade) {
             return Ok(s);
         }
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
-            .map_err(|e| e.to_string())
-            .or_else(|_| {
-                // No system roots: https fetches fail with a clear error, http ones work.
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .map(|b| {
-                        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                            b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth(),
-                        )
-                    })
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|e| format!("TLS client: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = crate::net::https_connector()?;
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1).build(connector);
         let (done, _) = watch::channel(0);
         let source = Arc::new(Source {

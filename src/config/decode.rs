@@ -283,7 +283,8 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
     };
     let admin = f.get("admin").and_then(|(n, p)| decode_admin(d, n, &p));
     f.unsupported(d, "protection", "`protection` (bans, IP rules)");
-    let access_log = f.get("observability").and_then(|(n, p)| decode_observability(d, n, &p));
+    let (access_log, tracing) =
+        f.get("observability").and_then(|(n, p)| decode_observability(d, n, &p)).unwrap_or((None, None));
     f.unsupported(d, "cluster", "`cluster`");
     f.finish(d);
     if let Some((a, pos)) = &admin
@@ -301,10 +302,15 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         access_log,
         auth,
         consumers,
+        tracing,
     })
 }
 
-fn decode_observability(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AccessLogConfig> {
+fn decode_observability(
+    d: &mut Decoder<'_>,
+    node: &Node,
+    path: &str,
+) -> Option<(Option<AccessLogConfig>, Option<TracingConfig>)> {
     let mut f = Fields::new(d, node, path)?;
     let mut out = None;
     if let Some((n, p)) = f.get("access_log")
@@ -333,9 +339,52 @@ fn decode_observability(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<
         af.finish(d);
         out = Some(AccessLogConfig { to });
     }
-    f.unsupported(d, "tracing", "`observability.tracing` (OpenTelemetry export)");
+    let tracing = f.get("tracing").and_then(|(n, p)| decode_tracing(d, n, &p));
     f.finish(d);
-    out
+    Some((out, tracing))
+}
+
+fn decode_tracing(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<TracingConfig> {
+    let mut f = Fields::new(d, node, path)?;
+    let endpoint = match f.get("otlp") {
+        Some((n, p)) => scalar(d, n, &p).and_then(|s| {
+            let u = s.parse::<http::Uri>().ok().filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+            });
+            let Some(u) = u else {
+                d.err(n.pos, &p, format!("expected the collector's http:// or https:// URL, found `{s}`"));
+                return None;
+            };
+            // A bare collector address gets the OTLP/HTTP traces path.
+            if u.path() == "/" && !s.ends_with('/') || u.path().is_empty() {
+                format!("{}/v1/traces", s.trim_end_matches('/')).parse().ok()
+            } else {
+                Some(u)
+            }
+        }),
+        None => {
+            d.err(
+                node.pos,
+                &join(path, "otlp"),
+                "missing field `otlp` (the collector's URL, like http://127.0.0.1:4318)",
+            );
+            None
+        }
+    };
+    let mut sample = 1.0;
+    if let Some((n, p)) = f.get("sample")
+        && let Some(s) = scalar(d, n, &p)
+    {
+        match s.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => sample = v,
+            _ => d.err(n.pos, &p, format!("expected a number from 0 to 1, found `{s}`")),
+        }
+    }
+    let mut service = "portcullis".to_string();
+    f.set(d, "service_name", name, &mut service);
+    f.finish(d);
+    Some(TracingConfig { endpoint: endpoint?, sample, service })
 }
 
 /// `admin:`, with the position of its `bind` (for a clash with a listener).

@@ -24,6 +24,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `observability.access_log`; `None`: no access log.
     pub access_log: Option<AccessLogConfig>,
+    /// `observability.tracing`; `None`: no spans (a client's `traceparent` passes through).
+    pub tracing: Option<TracingConfig>,
     /// `auth:`: how callers prove who they are (used by routes' `auth`).
     pub auth: AuthConfig,
     /// `consumers:` declared in the file (GitOps), next to those in the store.
@@ -217,6 +219,17 @@ pub struct AllowRule {
 pub struct AccessLogConfig {
     /// Where the lines go.
     pub to: LogSink,
+}
+
+/// `observability.tracing`: spans exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Where spans are POSTed (`otlp`, with `/v1/traces` added when it has no path).
+    pub endpoint: http::Uri,
+    /// Share of new traces recorded, 0 to 1 (a client's sampled flag is followed).
+    pub sample: f64,
+    /// `service.name` of the spans (default `portcullis`).
+    pub service: String,
 }
 
 /// Where access-log lines go.

@@ -355,3 +355,29 @@ fn bad_upstream_settings() {
     assert!(e.iter().any(|m| m.contains("admin.bind: invalid bind address")), "{e:?}");
     assert!(e.iter().any(|m| m.contains("admin.port: unknown field")), "{e:?}");
 }
+
+#[test]
+fn tracing_settings() {
+    let base = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\n";
+    let ok = parse(
+        "gw.yaml",
+        &format!("{base}observability: {{ tracing: {{ otlp: \"http://127.0.0.1:4318\", sample: 0.25 }} }}\n"),
+    )
+    .expect("valid");
+    let t = ok.tracing.expect("tracing");
+    assert_eq!(
+        (t.endpoint.to_string().as_str(), t.sample, t.service.as_str()),
+        ("http://127.0.0.1:4318/v1/traces", 0.25, "portcullis")
+    );
+    let ok = parse(
+        "gw.yaml",
+        &format!("{base}observability: {{ tracing: {{ otlp: \"https://otel.example/custom/path\" }} }}\n"),
+    )
+    .expect("valid");
+    assert_eq!(ok.tracing.expect("tracing").endpoint.path(), "/custom/path");
+    let e = errors(&format!("{base}observability: {{ tracing: {{ otlp: \"grpc://x:4317\", sample: 2 }} }}\n"));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("http:// or https://") && e[1].contains("from 0 to 1"), "{e:?}");
+    let e = errors(&format!("{base}observability: {{ tracing: {{ sample: 0.5 }} }}\n"));
+    assert!(e[0].contains("missing field `otlp`"), "{e:?}");
+}

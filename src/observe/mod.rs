@@ -8,6 +8,7 @@ pub mod access;
 pub mod audit;
 pub mod events;
 pub mod metrics;
+pub mod trace;
 
 use std::io::IsTerminal;
 

@@ -31,6 +31,7 @@ use crate::observe::access::AccessLog;
 use crate::observe::audit::Audit;
 use crate::observe::events::Events;
 use crate::observe::metrics::{Metrics, RouteMetrics, family, label_value, write_process};
+use crate::observe::trace::{Counters as TraceCounters, Tracer};
 use crate::protect::ConnLimiter;
 use crate::router::Table;
 use crate::store::Store;
@@ -61,6 +62,8 @@ pub struct Snapshot {
     pub(crate) upstream_names: Vec<Arc<str>>,
     /// Authentication and authorisation settings of this version.
     pub(crate) auth: Authenticator,
+    /// The span exporter, when `observability.tracing` is set.
+    pub(crate) tracer: Option<Arc<Tracer>>,
     /// The protected routes with lower-case patterns, when public routes exist next to them:
     /// a public route's request whose loose spelling they match is refused.
     pub(crate) shadow: Option<Table>,
@@ -88,6 +91,7 @@ impl Snapshot {
         let route_metrics = config.routes.iter().map(|r| inner.metrics.route(&r.name)).collect();
         inner.metrics.retain_routes(config.routes.iter().map(|r| r.name.as_str()));
         let access_log = inner.access_log(config.access_log.as_ref());
+        let tracer = inner.tracer(config.tracing.as_ref());
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
         let upstream_names = config.upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
         Ok(Snapshot {
@@ -102,6 +106,7 @@ impl Snapshot {
             upstream_names,
             auth,
             shadow,
+            tracer,
         })
     }
 }
@@ -122,6 +127,10 @@ pub(crate) struct Shared {
     pub(crate) events: Events,
     /// The audit log's recorder (writes into the store, when there is one).
     pub(crate) audit: Arc<Audit>,
+    /// The running span exporter, reused by a reload that keeps its settings.
+    tracer: Mutex<Option<Arc<Tracer>>>,
+    /// Span export counters (kept across exporters).
+    trace_counters: Arc<TraceCounters>,
     /// Consumers and keys from the store, kept current by a sync task.
     directory: Arc<ArcSwap<Directory>>,
     /// Fetched JWT keys, shared by config versions.
@@ -157,6 +166,22 @@ impl Shared {
             old.cancel();
         }
         Ok(())
+    }
+
+    fn tracer(&self, cfg: Option<&crate::config::TracingConfig>) -> Option<Arc<Tracer>> {
+        let mut cur = self.tracer.lock();
+        let Some(cfg) = cfg else {
+            *cur = None;
+            return None;
+        };
+        match &*cur {
+            Some(t) if t.config() == cfg => Some(t.clone()),
+            _ => {
+                let t = Tracer::start(cfg.clone(), cfg.service.clone(), self.trace_counters.clone());
+                *cur = Some(t.clone());
+                Some(t)
+            }
+        }
     }
 
     fn access_log(&self, cfg: Option<&AccessLogConfig>) -> Option<Arc<AccessLog>> {
@@ -351,6 +376,18 @@ impl crate::admin::Node for NodeView {
         );
         self.0.shared.events.write_metrics(&mut out);
         self.0.shared.audit.write_metrics(&mut out);
+        let tc = &self.0.shared.trace_counters;
+        family(
+            &mut out,
+            "portcullis_trace_spans_total",
+            "Spans: exported to the collector, dropped (queue full), failed (export error).",
+            "counter",
+            [
+                ("result=\"exported\"".to_string(), tc.exported.load(std::sync::atomic::Ordering::Relaxed)),
+                ("result=\"dropped\"".to_string(), tc.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                ("result=\"failed\"".to_string(), tc.failed.load(std::sync::atomic::Ordering::Relaxed)),
+            ],
+        );
         let jwks: Vec<_> = snap.auth.jwks_status();
         let issuer = |s: &crate::auth::jwks::SourceStatus| format!("issuer=\"{}\"", label_value(&s.issuer));
         family(

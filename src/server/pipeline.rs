@@ -23,6 +23,9 @@ use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
 use crate::observe::access::{Record, clip_path, trace_id};
 use crate::observe::events::{AuthOutcome, SecurityEvent};
+use crate::observe::trace::{Span, TraceContext, now_ns};
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 use crate::observe::metrics::Metrics;
 use crate::observe::new_request_id;
 use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
@@ -76,6 +79,8 @@ struct Recorder<'a> {
     client: std::net::IpAddr,
     request_id: HeaderValue,
     trace: Option<[u8; 32]>,
+    /// This request's span, when tracing is on: its context and start (Unix ns).
+    span: Option<(TraceContext, u64)>,
     progress: Option<Arc<BodyProgress>>,
     outcome: Outcome,
     armed: bool,
@@ -124,7 +129,33 @@ impl Recorder<'_> {
             };
             (log.clone(), Box::new(record), self.progress.clone())
         });
-        Finish { started: self.started, metrics, log, bytes_out: 0 }
+        let span = self.span.filter(|(c, _)| c.sampled).and_then(|(ctx, start_ns)| {
+            let tracer = snap.tracer.as_ref()?;
+            let route = outcome.route.and_then(|i| snap.route_names.get(i));
+            let upstream = route
+                .and(outcome.route)
+                .and_then(|i| snap.config.routes.get(i))
+                .and_then(|r| snap.upstreams.get(r.upstream));
+            let path = match (&log, &outcome.path, &outcome.raw) {
+                (Some((_, r, _)), _, _) => r.path.clone(),
+                (None, Some(p), _) => p.clone(),
+                (None, None, Some(u)) => clip_path(u.path()),
+                _ => String::new(),
+            };
+            let span = Span {
+                ctx,
+                name: route.cloned().unwrap_or_else(|| Arc::from("unmatched")),
+                start_ns,
+                end_ns: 0,
+                method: self.method.clone(),
+                path,
+                status,
+                client: self.client,
+                target: upstream.zip(outcome.target).and_then(|(u, i)| u.target(i)).cloned(),
+            };
+            Some((tracer.clone(), Box::new(span)))
+        });
+        Finish { started: self.started, metrics, log, span, bytes_out: 0 }
     }
 }
 
@@ -144,6 +175,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::new(started + ctx.limits.body_timeout)));
     let snap = ctx.gw.snapshot.load_full();
     let logging = snap.access_log.is_some();
+    let span =
+        snap.tracer.as_ref().map(|t| (TraceContext::start(req.headers().get("traceparent"), t.sample()), now_ns()));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => new_request_id(),
@@ -152,8 +185,13 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         started,
         method: req.method().clone(),
         version: req.version(),
-        trace: if logging { req.headers().get("traceparent").and_then(|v| trace_id(v.as_bytes())) } else { None },
-        outcome: Outcome { raw: logging.then(|| req.uri().clone()), ..Outcome::default() },
+        trace: match &span {
+            Some((c, _)) => Some(c.trace_hex()),
+            None if logging => req.headers().get("traceparent").and_then(|v| trace_id(v.as_bytes())),
+            None => None,
+        },
+        span,
+        outcome: Outcome { raw: (logging || span.is_some()).then(|| req.uri().clone()), ..Outcome::default() },
         metrics: &ctx.gw.shared.metrics,
         client: ctx.peer.ip().to_canonical(),
         request_id: request_id.clone(),
@@ -161,7 +199,9 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         snap,
         armed: true,
     };
-    let mut res = match proxy(&ctx, &rec.snap, req, &request_id, progress.as_ref(), &mut rec.outcome).await {
+    let traceparent = span.map(|(c, _)| c.traceparent());
+    let mut res = match proxy(&ctx, &rec.snap, req, &request_id, traceparent, progress.as_ref(), &mut rec.outcome).await
+    {
         Ok(r) => r,
         Err(e) => {
             let (status, _, _) = e.describe();
@@ -286,6 +326,7 @@ async fn proxy(
     snap: &Snapshot,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    traceparent: Option<HeaderValue>,
     progress: Option<&Arc<BodyProgress>>,
     outcome: &mut Outcome,
 ) -> Result<Response<GwBody>, GatewayError> {
@@ -362,6 +403,10 @@ async fn proxy(
     }
     set_forwarding(&mut parts.headers, &ctx.client_ip, "http", original_host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    if let Some(tp) = traceparent {
+        // The upstream's parent is the gateway's span; `tracestate` passes through as sent.
+        parts.headers.insert(&TRACEPARENT, tp);
+    }
 
     let body = progress.map(|p| LimitedBody::new(body, limit, p.deadline(), ctx.state.clone(), p.clone()));
     if let Some(b) = &body
