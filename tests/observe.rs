@@ -301,3 +301,31 @@ async fn shutdown_writes_out_every_queued_line() {
     let n = std::fs::read_to_string(&file).expect("log").lines().count();
     assert_eq!(n, 200, "every line is out when shutdown returns");
 }
+
+/// Answers made by the connection guard before routing are counted, and target pools show
+/// their idle connections.
+#[tokio::test]
+async fn refused_heads_and_pool_use_are_in_the_metrics() {
+    let up = TestUpstream::start("a").await;
+    let yaml = simple_config(&[up.addr], "max_header_bytes: 1KiB", "")
+        .replace("listeners:", "admin: { bind: \"127.0.0.1:0\", public_metrics: true }\nlisteners:");
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(get(&gw.url("/x")).await.0, 200);
+    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(4096));
+    let (head, _) = raw_exchange(gw.addr(), big.as_bytes(), Duration::from_secs(5)).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    let admin = gw.gw.admin_addr().expect("admin");
+    let (_, _, text) = get(&format!("http://{admin}/metrics")).await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse");
+    let find = |metric: &str, label: (&str, &str)| {
+        scrape.samples.iter().find(|s| s.metric == metric && s.labels.get(label.0) == Some(label.1)).map(|s| {
+            match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => -1.0,
+            }
+        })
+    };
+    assert!(find("portcullis_refused_heads_total", ("status", "431")).is_some_and(|v| v >= 1.0), "{text}");
+    let target = format!("http://{}", up.addr);
+    assert_eq!(find("portcullis_target_idle_connections", ("target", &target)), Some(1.0), "{text}");
+}

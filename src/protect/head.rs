@@ -28,6 +28,15 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Largest answer of hyper's own that [`GuardedIo`] rewrites as problem+json.
 const MAX_OWN_ANSWER: usize = 512;
 
+/// Statuses the guard answers itself, and how many of each this process sent.
+const REFUSED_STATUSES: [u16; 5] = [400, 408, 413, 414, 431];
+static REFUSED: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+/// (status, count) of the answers the guard made itself, for `/metrics`.
+pub(crate) fn refused_counts() -> impl Iterator<Item = (u16, u64)> {
+    REFUSED_STATUSES.iter().zip(&REFUSED).map(|(s, n)| (*s, n.load(Ordering::Relaxed)))
+}
+
 /// Per-connection counters shared between the guard and the request pipeline.
 #[derive(Debug, Default)]
 pub(crate) struct ConnState {
@@ -292,6 +301,9 @@ impl<T: AsyncRead + AsyncWrite> GuardedIo<T> {
         let this = self.project();
         let id = (this.request_id)();
         tracing::debug!(status, request_id = %id, "Refused request head");
+        if let Some(i) = REFUSED_STATUSES.iter().position(|s| *s == status) {
+            REFUSED[i].fetch_add(1, Ordering::Relaxed);
+        }
         if *this.unflushed {
             // Part of an earlier response is still in hyper's buffer: writing ours now would
             // splice it into that one. Close instead (rare: pipelining under backpressure).

@@ -369,6 +369,20 @@ impl crate::admin::Node for NodeView {
         );
         family(
             &mut out,
+            "portcullis_target_idle_connections",
+            "Idle keep-alive connections in the target's pool (in use ones are in portcullis_target_in_flight).",
+            "gauge",
+            targets().map(|(u, t)| (target(u, t), t.idle_connections as u64)),
+        );
+        family(
+            &mut out,
+            "portcullis_refused_heads_total",
+            "Requests answered by the connection guard before routing: malformed (400), too slow (408), too large (413, 414, 431).",
+            "counter",
+            crate::protect::head::refused_counts().map(|(status, n)| (format!("status=\"{status}\""), n)),
+        );
+        family(
+            &mut out,
             "portcullis_target_ejections_total",
             "Passive ejections of the target.",
             "counter",

@@ -206,6 +206,8 @@ pub struct TargetView {
     pub health: TargetStatus,
     /// Configured weight.
     pub weight: u32,
+    /// Idle keep-alive connections in its pool.
+    pub idle_connections: usize,
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -585,7 +587,7 @@ impl Upstream {
                 .status()
                 .into_iter()
                 .zip(&self.members)
-                .map(|(health, m)| TargetView { health, weight: m.weight })
+                .map(|(health, m)| TargetView { health, weight: m.weight, idle_connections: m.pool.idle_count() })
                 .collect(),
         }
     }

@@ -34,6 +34,13 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<(Sender, Instant)>>,
 }
 
+impl Pool {
+    /// Idle keep-alive connections held now.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
+
 /// Why a new connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
