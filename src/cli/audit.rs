@@ -25,6 +25,14 @@ pub(crate) enum AuditCmd {
 }
 
 pub(crate) fn run(path: &Path, cmd: AuditCmd) -> ExitCode {
+    // Reading the log never creates a store: a wrong path must not read as "0 records, intact".
+    if let Ok(cfg) = crate::config::load(path)
+        && let Some(crate::config::StoreUrl::Sqlite(db)) = &cfg.node.store
+        && !db.exists()
+    {
+        eprintln!("no store at {} (node.store in {})", db.display(), path.display());
+        return ExitCode::from(1);
+    }
     match cmd {
         AuditCmd::Verify => with_store(path, async move |s| match verify(&*s).await? {
             Ok(n) => {

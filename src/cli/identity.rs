@@ -110,8 +110,15 @@ where
 }
 
 /// Append a record of what this command changed to the audit log.
+/// A failure here leaves the change made but unrecorded: said on stderr, and the command
+/// still succeeds (a key already issued must not be lost).
 async fn audit(s: &dyn Store, kind: &str, detail: serde_json::Value) -> Result<(), StoreError> {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    // Under sudo, who asked matters as much as whose account ran it.
+    let user = match std::env::var("SUDO_USER") {
+        Ok(by) if by != user => format!("{user}(sudo:{by})"),
+        _ => user,
+    };
     let e = crate::store::audit::AuditEvent {
         time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
         node: "cli".into(),
@@ -119,7 +126,10 @@ async fn audit(s: &dyn Store, kind: &str, detail: serde_json::Value) -> Result<(
         actor: format!("cli:{user}"),
         detail: detail.to_string(),
     };
-    s.append_audit(&e).await.map(|_| ())
+    if let Err(err) = s.append_audit(&e).await {
+        eprintln!("warning: the change is made but could not be recorded in the audit log: {err}");
+    }
+    Ok(())
 }
 
 pub(crate) fn time(secs: i64) -> String {
@@ -177,8 +187,8 @@ pub(crate) fn keys(path: &Path, cmd: KeysCmd) -> ExitCode {
                 revoked: None,
             };
             s.add_key(&rec).await?;
-            audit(&*s, "key_issued", serde_json::json!({ "consumer": consumer, "key_id": new.id })).await?;
             println!("{}", new.key);
+            audit(&*s, "key_issued", serde_json::json!({ "consumer": consumer, "key_id": new.id })).await?;
             eprintln!("key {} issued to `{consumer}`; it is shown only this once", new.id);
             Ok(ExitCode::SUCCESS)
         }),

@@ -42,6 +42,15 @@ pub struct Audit {
     rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
     inner: Arc<Inner>,
     node: Mutex<String>,
+    /// Budgets: request-driven records from the listeners, and admin API calls (so a flood
+    /// of bad credentials cannot hide admin activity).
+    requests: Budget,
+    admin: Budget,
+}
+
+/// At most [`PER_SECOND`] records a second; the rest counted for a summary record.
+#[derive(Debug, Default)]
+struct Budget {
     second: AtomicU64,
     count: AtomicU64,
     suppressed: AtomicU64,
@@ -67,9 +76,8 @@ impl Default for Audit {
                 failed: AtomicU64::new(0),
             }),
             node: Mutex::new("portcullis".into()),
-            second: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
+            requests: Budget::default(),
+            admin: Budget::default(),
         }
     }
 }
@@ -113,24 +121,40 @@ impl Audit {
 
     /// [`Audit::record`] within the per-second budget of request-driven records.
     pub fn record_limited(&self, kind: &str, actor: &str, detail: serde_json::Value) {
+        self.within(&self.requests, "requests", kind, actor, detail);
+    }
+
+    /// [`Audit::record`] within the per-second budget of admin API calls.
+    pub fn record_admin(&self, kind: &str, actor: &str, detail: serde_json::Value) {
+        self.within(&self.admin, "admin", kind, actor, detail);
+    }
+
+    fn within(&self, b: &Budget, source: &str, kind: &str, actor: &str, detail: serde_json::Value) {
         let now = crate::store::now() as u64;
-        let was = self.second.load(Ordering::Relaxed);
-        if was != now && self.second.compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            self.count.store(0, Ordering::Relaxed);
-            let n = self.suppressed.swap(0, Ordering::Relaxed);
-            if n > 0 {
-                self.record(
-                    "events_suppressed",
-                    "portcullis",
-                    serde_json::json!({ "count": n, "per_second": PER_SECOND }),
-                );
-            }
+        let was = b.second.load(Ordering::Relaxed);
+        if was != now && b.second.compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            b.count.store(0, Ordering::Relaxed);
+            self.summarise(b, source);
         }
-        if self.count.fetch_add(1, Ordering::Relaxed) < PER_SECOND {
+        if b.count.fetch_add(1, Ordering::Relaxed) < PER_SECOND {
             self.record(kind, actor, detail);
         } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            b.suppressed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn summarise(&self, b: &Budget, source: &str) {
+        let n = b.suppressed.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            let detail = serde_json::json!({ "count": n, "per_second": PER_SECOND, "source": source });
+            self.record("events_suppressed", "portcullis", detail);
+        }
+    }
+
+    /// Record what is still counted but unwritten (at shutdown).
+    pub fn summarise_pending(&self) {
+        self.summarise(&self.requests, "requests");
+        self.summarise(&self.admin, "admin");
     }
 
     /// Wait (at most `limit`) until every queued record is written or given up on.
@@ -201,7 +225,7 @@ impl EventSink for Audit {
                 ),
             SecurityEvent::Denied { client, route, consumer } => self.record_limited(
                 "access_denied",
-                consumer.unwrap_or(""),
+                &consumer.map_or_else(|| client.to_string(), str::to_string),
                 serde_json::json!({ "route": route, "client": client.to_string() }),
             ),
             SecurityEvent::Auth { .. } => {}

@@ -301,7 +301,7 @@ impl crate::admin::Node for NodeView {
     fn audit_admin(&self, method: &str, path: &str, allowed: bool, client: Option<std::net::IpAddr>) {
         let actor = if allowed { "admin-token" } else { "anonymous" };
         let detail = crate::observe::audit::admin_detail(method, path, allowed, client);
-        self.0.shared.audit.record_limited("admin_access", actor, detail);
+        self.0.shared.audit.record_admin("admin_access", actor, detail);
     }
 
     fn metrics(&self) -> String {
@@ -711,6 +711,7 @@ impl Gateway {
         self.inner.admin_stop.cancel();
         self.inner.listeners.lock().clear();
         let shared = &self.inner.shared;
+        shared.audit.summarise_pending();
         shared.audit.record("node_stopped", "portcullis", serde_json::json!({ "drained": drained }));
         shared.audit.flush(Duration::from_secs(2)).await;
         // Closing the store checkpoints SQLite's write-ahead log into the database file.

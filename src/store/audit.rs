@@ -99,12 +99,17 @@ pub async fn verify(store: &dyn Store) -> Result<Result<u64, Broken>, StoreError
     let mut prev = [0u8; 32];
     let mut expect_seq = 1;
     let mut count = 0u64;
+    // The first page starts below 1: a record slipped in before the first is found too.
+    let mut after = i64::MIN;
     loop {
-        let page = store.audit_after(expect_seq - 1, 1000).await?;
+        let page = store.audit_after(after, 1000).await?;
         if page.is_empty() {
             return Ok(Ok(count));
         }
         for r in &page {
+            if r.seq < expect_seq {
+                return Ok(Err(Broken { seq: r.seq, why: "it is out of sequence (inserted)" }));
+            }
             if r.seq != expect_seq {
                 // A gap: the record before this one was removed.
                 return Ok(Err(Broken { seq: r.seq, why: "the record before it is missing" }));
@@ -116,6 +121,7 @@ pub async fn verify(store: &dyn Store) -> Result<Result<u64, Broken>, StoreError
                 return Ok(Err(Broken { seq: r.seq, why: "its content does not match its hash (edited)" }));
             }
             prev = r.hash;
+            after = r.seq;
             expect_seq += 1;
             count += 1;
         }
