@@ -78,7 +78,8 @@ impl Drop for Finish {
             log.log(record, took, progress.as_ref().map_or(0, |p| p.received()), self.bytes_out);
         }
         if let Some((tracer, mut span)) = self.span.take() {
-            span.end_ns = crate::observe::trace::now_ns();
+            // From the monotonic clock: a wall-clock step mid-request cannot bend the span.
+            span.end_ns = span.start_ns.saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
             tracer.finish(*span);
         }
     }

@@ -5,23 +5,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use tokio::time::Instant;
 
 use common::*;
 use http::Request;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).arg("-c").arg(config).output().expect("run portcullis");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A config with a store in `dir`, a public route and key-protected ones.
 fn config(dir: &Path, upstream: std::net::SocketAddr, extra: &str) -> String {

@@ -5,23 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use http::Request;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const TOKEN: &str = "audit-test-admin-token-0123456789";
-
-fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).arg("-c").arg(config).output().expect("run portcullis");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn config(db: &Path, upstream: std::net::SocketAddr, extra_route: &str) -> String {
     format!(
@@ -137,6 +126,11 @@ async fn the_chain_records_security_and_admin_events_and_shows_tampering() {
 
     let (code, out, _) = cli(&cli_cfg, &["audit", "verify"]);
     assert_eq!((code, out.trim()), (0, "ok: 10 records, the chain is intact"));
+    // A pinned record: still there with its hash.
+    let pin = format!("10:{}", records[9]["hash"].as_str().expect("hash"));
+    let (code, out, _) = cli(&cli_cfg, &["audit", "verify", "--expect", &pin]);
+    assert_eq!((code, out.trim()), (0, "ok: 10 records, the chain is intact, the pinned record matches"));
+    assert_eq!(cli(&cli_cfg, &["audit", "verify", "--expect", "10:nothex"]).0, 2, "a bad pin is a usage error");
 
     // Edit one record: verify names it.
     let original = records[3]["detail"].as_str().expect("detail").to_string();
@@ -154,8 +148,13 @@ async fn the_chain_records_security_and_admin_events_and_shows_tampering() {
     assert_eq!(code, 1);
     assert!(out.contains("broken at record 7") && out.contains("missing"), "{out}");
 
+    // Cutting the newest records off leaves a valid chain: only a pin shows it.
+    sql(&db, "DELETE FROM audit WHERE seq >= $1", 9, None).await;
+    let (code, out, _) = cli(&cli_cfg, &["audit", "verify", "--expect", &pin]);
+    assert_eq!(code, 1);
+    assert!(out.contains("broken at record 7"), "the gap still comes first: {out}");
     let (code, out, err) = cli(&cli_cfg, &["audit", "tail", "-n", "2"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 2, "{out}");
-    assert!(err.contains("newest hash: "), "{err}");
+    assert!(err.contains("audit verify --expect "), "{err}");
 }

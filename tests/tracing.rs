@@ -132,11 +132,30 @@ async fn spans_are_exported_and_the_context_is_passed_on() {
     let p2: Vec<&str> = tp2.split('-').collect();
     assert_eq!(p2.len(), 4);
     assert_ne!(p2[1], CLIENT_TRACE);
+    // An invalid traceparent (upper-case flags) or two of them start a new trace, and the
+    // client's tracestate is not passed on with it.
+    for extra in [
+        vec![("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-0A"))],
+        vec![
+            ("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")),
+            ("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00")),
+        ],
+    ] {
+        let mut req = Request::get(gw.url("/orders/9")).header("tracestate", "vendor=abc");
+        for (k, v) in &extra {
+            req = req.header(*k, v);
+        }
+        assert_eq!(send(req.body(full("")).expect("request")).await.0, 200);
+        let h = up.last().headers;
+        let tp = h["traceparent"].to_str().expect("ascii");
+        assert!(!tp.contains(CLIENT_TRACE), "{extra:?}: {tp}");
+        assert!(!h.contains_key("tracestate"), "{extra:?}");
+    }
     // No route: a span named `unmatched`, 404.
     assert_eq!(get(&gw.url("/nothing")).await.0, 404);
 
-    let spans = collector.wait_for(3).await;
-    assert_eq!(spans.len(), 3, "{spans:?}");
+    let spans = collector.wait_for(5).await;
+    assert_eq!(spans.len(), 5, "{spans:?}");
     let first = spans.iter().find(|s| s["traceId"] == CLIENT_TRACE).expect("the client's trace");
     assert_eq!(first["parentSpanId"], CLIENT_SPAN);
     assert_eq!(first["spanId"], parts[2]);

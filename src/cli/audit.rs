@@ -12,7 +12,12 @@ use crate::store::audit::{to_hex, verify};
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCmd {
     /// Check the whole chain; exit 1 and name the first bad record if it is broken.
-    Verify,
+    Verify {
+        /// A record pinned earlier, `SEQ:HASH` (from `audit tail`): it must still be there with
+        /// that hash, which catches a truncated or wholly rewritten chain.
+        #[arg(long = "expect")]
+        expect: Option<String>,
+    },
     /// Print the newest records, oldest first, and the hash of the newest.
     Tail {
         /// How many.
@@ -22,6 +27,14 @@ pub(crate) enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `SEQ:HASH` → (seq, lower-case hash).
+fn parse_pin(s: &str) -> Option<(i64, String)> {
+    let (seq, hash) = s.split_once(':')?;
+    let seq: i64 = seq.parse().ok().filter(|n| *n >= 1)?;
+    let hash = hash.to_ascii_lowercase();
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some((seq, hash))
 }
 
 pub(crate) fn run(path: &Path, cmd: AuditCmd) -> ExitCode {
@@ -34,16 +47,45 @@ pub(crate) fn run(path: &Path, cmd: AuditCmd) -> ExitCode {
         return ExitCode::from(1);
     }
     match cmd {
-        AuditCmd::Verify => with_store(path, async move |s| match verify(&*s).await? {
-            Ok(n) => {
-                println!("ok: {n} records, the chain is intact");
+        AuditCmd::Verify { expect } => {
+            let pin = match expect.as_deref().map(parse_pin) {
+                Some(Some(p)) => Some(p),
+                Some(None) => {
+                    eprintln!("--expect takes SEQ:HASH (a record number and its 64-hex-digit hash)");
+                    return ExitCode::from(2);
+                }
+                None => None,
+            };
+            with_store(path, async move |s| {
+                let n = match verify(&*s).await? {
+                    Ok(n) => n,
+                    Err(b) => {
+                        println!("broken at record {}: {}", b.seq, b.why);
+                        return Ok(ExitCode::from(1));
+                    }
+                };
+                if let Some((seq, hash)) = &pin {
+                    let seq = *seq;
+                    let found = s.audit_after(seq - 1, 1).await?.into_iter().next().filter(|r| r.seq == seq);
+                    match found {
+                        None => {
+                            println!("broken at record {seq}: the pinned record is gone (the log was truncated)");
+                            return Ok(ExitCode::from(1));
+                        }
+                        Some(r) if to_hex(&r.hash) != *hash => {
+                            println!(
+                                "broken at record {seq}: its hash is not the pinned one (the chain was rewritten)"
+                            );
+                            return Ok(ExitCode::from(1));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let pinned = if pin.is_some() { ", the pinned record matches" } else { "" };
+                println!("ok: {n} records, the chain is intact{pinned}");
                 Ok(ExitCode::SUCCESS)
-            }
-            Err(b) => {
-                println!("broken at record {}: {}", b.seq, b.why);
-                Ok(ExitCode::from(1))
-            }
-        }),
+            })
+        }
         AuditCmd::Tail { n, json } => with_store(path, async move |s| {
             let list = s.audit_last(n.clamp(1, 100_000)).await?;
             for r in &list {
@@ -62,7 +104,13 @@ pub(crate) fn run(path: &Path, cmd: AuditCmd) -> ExitCode {
                 }
             }
             if let (Some(last), false) = (list.last(), json) {
-                eprintln!("newest hash: {}", to_hex(&last.hash));
+                eprintln!(
+                    "newest: {}:{}   (pin it: audit verify --expect {}:{})",
+                    last.seq,
+                    to_hex(&last.hash),
+                    last.seq,
+                    to_hex(&last.hash)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }),

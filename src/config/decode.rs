@@ -357,7 +357,7 @@ fn decode_tracing(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Tracin
                 return None;
             };
             // A bare collector address gets the OTLP/HTTP traces path.
-            if u.path() == "/" && !s.ends_with('/') || u.path().is_empty() {
+            if u.path() == "/" || u.path().is_empty() {
                 format!("{}/v1/traces", s.trim_end_matches('/')).parse().ok()
             } else {
                 Some(u)

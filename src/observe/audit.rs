@@ -42,10 +42,12 @@ pub struct Audit {
     rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
     inner: Arc<Inner>,
     node: Mutex<String>,
-    /// Budgets: request-driven records from the listeners, and admin API calls (so a flood
-    /// of bad credentials cannot hide admin activity).
+    /// Budgets: request-driven records from the listeners, admin API calls with the token,
+    /// and refused admin calls — so neither a flood of bad credentials nor one of bad admin
+    /// tokens can hide the use of the real one.
     requests: Budget,
     admin: Budget,
+    admin_refused: Budget,
 }
 
 /// At most [`PER_SECOND`] records a second; the rest counted for a summary record.
@@ -78,6 +80,7 @@ impl Default for Audit {
             node: Mutex::new("portcullis".into()),
             requests: Budget::default(),
             admin: Budget::default(),
+            admin_refused: Budget::default(),
         }
     }
 }
@@ -124,9 +127,18 @@ impl Audit {
         self.within(&self.requests, "requests", kind, actor, detail);
     }
 
-    /// [`Audit::record`] within the per-second budget of admin API calls.
-    pub fn record_admin(&self, kind: &str, actor: &str, detail: serde_json::Value) {
-        self.within(&self.admin, "admin", kind, actor, detail);
+    /// [`Audit::record`] within the per-second budget of admin API calls, allowed or refused.
+    pub fn record_admin(&self, allowed: bool, kind: &str, actor: &str, detail: serde_json::Value) {
+        if allowed {
+            self.within(&self.admin, "admin", kind, actor, detail);
+        } else {
+            self.within(&self.admin_refused, "admin_refused", kind, actor, detail);
+        }
+    }
+
+    /// Whether anything is recorded at all (a store is set).
+    pub fn active(&self) -> bool {
+        self.inner.store.load().is_some()
     }
 
     fn within(&self, b: &Budget, source: &str, kind: &str, actor: &str, detail: serde_json::Value) {
@@ -155,6 +167,7 @@ impl Audit {
     pub fn summarise_pending(&self) {
         self.summarise(&self.requests, "requests");
         self.summarise(&self.admin, "admin");
+        self.summarise(&self.admin_refused, "admin_refused");
     }
 
     /// Wait (at most `limit`) until every queued record is written or given up on.
@@ -211,6 +224,10 @@ async fn write(mut rx: mpsc::Receiver<AuditEvent>, inner: Arc<Inner>) {
 
 impl EventSink for Audit {
     fn publish(&self, e: &SecurityEvent<'_>) {
+        if !self.active() {
+            // Nothing would be written: build nothing.
+            return;
+        }
         match *e {
             // Bad credentials (not missing ones: every anonymous probe would be one).
             SecurityEvent::Auth { method, outcome: AuthOutcome::Invalid, client, route, reason, .. } => self
@@ -233,11 +250,18 @@ impl EventSink for Audit {
     }
 }
 
+/// Longest admin path kept in a record (a caller chooses it).
+const MAX_PATH: usize = 256;
+
 /// An admin API call, for the audit log.
 pub fn admin_detail(method: &str, path: &str, allowed: bool, client: Option<IpAddr>) -> serde_json::Value {
+    let mut cut = path.len().min(MAX_PATH);
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
     serde_json::json!({
         "method": method,
-        "path": path,
+        "path": &path[..cut],
         "result": if allowed { "allowed" } else { "refused" },
         "client": client.map(|c| c.to_string()),
     })

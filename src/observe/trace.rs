@@ -15,13 +15,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderValue;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::config::TracingConfig;
+
+static TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Spans queued at most.
 const QUEUE: usize = 8192;
@@ -54,7 +56,13 @@ pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     if version.len() != 2 || !lower_hex(version) || version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
     }
-    if trace.len() != 32 || parent.len() != 16 || flags.len() != 2 || !lower_hex(trace) || !lower_hex(parent) {
+    if trace.len() != 32
+        || parent.len() != 16
+        || flags.len() != 2
+        || !lower_hex(trace)
+        || !lower_hex(parent)
+        || !lower_hex(flags)
+    {
         return None;
     }
     let mut t = [0u8; 16];
@@ -91,6 +99,17 @@ fn nonzero<const N: usize>(mut f: impl FnMut() -> [u8; N]) -> [u8; N] {
 }
 
 impl TraceContext {
+    /// The context for a request with these headers: its `traceparent`, if it has exactly
+    /// one and it is valid (several are invalid, W3C §3.2).
+    pub fn from_headers(h: &http::HeaderMap, sample: f64) -> TraceContext {
+        let mut all = h.get_all(&TRACEPARENT_NAME).iter();
+        let one = match (all.next(), all.next()) {
+            (Some(v), None) => Some(v),
+            _ => None,
+        };
+        Self::start(one, sample)
+    }
+
     /// The context for a request carrying this `traceparent` (or none).
     pub fn start(traceparent: Option<&HeaderValue>, sample: f64) -> TraceContext {
         let span_id = nonzero(|| fastrand::u64(..).to_be_bytes());
@@ -231,10 +250,16 @@ async fn export(mut rx: mpsc::Receiver<Span>, cfg: TracingConfig, service: Strin
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)));
         let ok = match req {
-            Ok(req) => match tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await {
-                Ok(Ok(res)) => res.status().is_success(),
-                _ => false,
-            },
+            Ok(req) => {
+                let exchange = async {
+                    let res = client.request(req).await.ok()?;
+                    let ok = res.status().is_success();
+                    // Read the (small) answer so the connection is kept for the next batch.
+                    let _ = http_body_util::Limited::new(res.into_body(), 64 * 1024).collect().await;
+                    Some(ok)
+                };
+                matches!(tokio::time::timeout(EXPORT_TIMEOUT, exchange).await, Ok(Some(true)))
+            }
             Err(_) => false,
         };
         if ok {

@@ -299,9 +299,13 @@ impl crate::admin::Node for NodeView {
     }
 
     fn audit_admin(&self, method: &str, path: &str, allowed: bool, client: Option<std::net::IpAddr>) {
+        let audit = &self.0.shared.audit;
+        if !audit.active() {
+            return;
+        }
         let actor = if allowed { "admin-token" } else { "anonymous" };
         let detail = crate::observe::audit::admin_detail(method, path, allowed, client);
-        self.0.shared.audit.record_admin("admin_access", actor, detail);
+        audit.record_admin(allowed, "admin_access", actor, detail);
     }
 
     fn metrics(&self) -> String {

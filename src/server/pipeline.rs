@@ -137,6 +137,7 @@ impl Recorder<'_> {
                 .and_then(|i| snap.config.routes.get(i))
                 .and_then(|r| snap.upstreams.get(r.upstream));
             let path = match (&log, &outcome.path, &outcome.raw) {
+                // Prefer what the access log already made.
                 (Some((_, r, _)), _, _) => r.path.clone(),
                 (None, Some(p), _) => p.clone(),
                 (None, None, Some(u)) => clip_path(u.path()),
@@ -175,8 +176,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         (!req.body().is_end_stream()).then(|| Arc::new(BodyProgress::new(started + ctx.limits.body_timeout)));
     let snap = ctx.gw.snapshot.load_full();
     let logging = snap.access_log.is_some();
-    let span =
-        snap.tracer.as_ref().map(|t| (TraceContext::start(req.headers().get("traceparent"), t.sample()), now_ns()));
+    let span = snap.tracer.as_ref().map(|t| (TraceContext::from_headers(req.headers(), t.sample()), now_ns()));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => new_request_id(),
@@ -191,7 +191,10 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
             None => None,
         },
         span,
-        outcome: Outcome { raw: (logging || span.is_some()).then(|| req.uri().clone()), ..Outcome::default() },
+        outcome: Outcome {
+            raw: (logging || span.is_some_and(|(c, _)| c.sampled)).then(|| req.uri().clone()),
+            ..Outcome::default()
+        },
         metrics: &ctx.gw.shared.metrics,
         client: ctx.peer.ip().to_canonical(),
         request_id: request_id.clone(),
@@ -199,7 +202,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         snap,
         armed: true,
     };
-    let traceparent = span.map(|(c, _)| c.traceparent());
+    let traceparent = span.map(|(c, _)| (c.traceparent(), c.parent.is_some()));
     let mut res = match proxy(&ctx, &rec.snap, req, &request_id, traceparent, progress.as_ref(), &mut rec.outcome).await
     {
         Ok(r) => r,
@@ -326,7 +329,7 @@ async fn proxy(
     snap: &Snapshot,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    traceparent: Option<HeaderValue>,
+    traceparent: Option<(HeaderValue, bool)>,
     progress: Option<&Arc<BodyProgress>>,
     outcome: &mut Outcome,
 ) -> Result<Response<GwBody>, GatewayError> {
@@ -403,9 +406,13 @@ async fn proxy(
     }
     set_forwarding(&mut parts.headers, &ctx.client_ip, "http", original_host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    if let Some(tp) = traceparent {
-        // The upstream's parent is the gateway's span; `tracestate` passes through as sent.
+    if let Some((tp, continued)) = traceparent {
+        // The upstream's parent is the gateway's span. `tracestate` passes through as sent
+        // when the client's trace continues; a restarted trace drops it (W3C §3.3).
         parts.headers.insert(&TRACEPARENT, tp);
+        if !continued {
+            parts.headers.remove(http::header::HeaderName::from_static("tracestate"));
+        }
     }
 
     let body = progress.map(|p| LimitedBody::new(body, limit, p.deadline(), ctx.state.clone(), p.clone()));

@@ -35,9 +35,10 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Idle keep-alive connections held now.
+    /// Idle keep-alive connections that could be used now (closed or too old ones, which
+    /// leave the list at the next checkout, are not counted).
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        self.idle.lock().iter().filter(|(s, at)| !s.is_closed() && at.elapsed() <= MAX_IDLE_AGE).count()
     }
 }
 

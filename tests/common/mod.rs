@@ -384,3 +384,18 @@ pub fn spawn_load(url: &str, total: usize, conc: usize) -> (Arc<AtomicUsize>, to
     });
     (next, all)
 }
+
+/// Run the real `portcullis` binary with `args` and `-c config`: (exit code, stdout, stderr).
+pub fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
