@@ -40,6 +40,16 @@ pub enum GatewayError {
         /// Why, safe to show.
         reason: &'static str,
     },
+    /// Over the route's rate limit (429).
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// Whole seconds until a request would be allowed (at least 1).
+        retry_after: u64,
+        /// `RateLimit-Policy` value.
+        policy: HeaderValue,
+        /// `RateLimit` value.
+        state: HeaderValue,
+    },
     /// Authenticated, but the route's `allow` rules refuse this caller (403).
     #[error("access denied by the route's allow rules")]
     Forbidden,
@@ -136,6 +146,11 @@ impl GatewayError {
             GatewayError::Unauthenticated { reason, .. } => {
                 (StatusCode::UNAUTHORIZED, "Unauthorized", reason.to_string())
             }
+            GatewayError::RateLimited { retry_after, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                format!("the rate limit of this route is exceeded; retry after {retry_after} s"),
+            ),
             GatewayError::Forbidden => {
                 (StatusCode::FORBIDDEN, "Forbidden", "this caller is not allowed to use this route".into())
             }
@@ -201,6 +216,12 @@ pub fn rescue(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> 
     let mut res = problem(status, title, &detail, request_id);
     if let GatewayError::Unauthenticated { challenge, .. } = err {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+    }
+    if let GatewayError::RateLimited { retry_after, policy, state } = err {
+        let h = res.headers_mut();
+        h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        h.insert(http::HeaderName::from_static("ratelimit-policy"), policy.clone());
+        h.insert(http::HeaderName::from_static("ratelimit"), state.clone());
     }
     if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST) {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -19,6 +19,7 @@ pub mod health;
 pub mod net;
 pub mod observe;
 pub mod protect;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod store;

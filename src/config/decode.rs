@@ -975,7 +975,13 @@ fn decode_routes(
         };
         let auth = f.get("auth").map(|(n, p)| (auth::decode_route_auth(d, n, &p, auth_config), n.pos));
         let allow = f.get("allow").map(|(n, p)| (auth::decode_allow(d, n, &p), n.pos));
-        f.unsupported(d, "rate_limit", "`rate_limit`");
+        let rate_limit = f.get("rate_limit").and_then(|(n, p)| decode_rate_limit(d, n, &p));
+        if let Some(rl) = &rate_limit
+            && rl.key == RateKey::Consumer
+            && auth.is_none()
+        {
+            d.err(item.pos, &join(&ip, "rate_limit.key"), "`key: consumer` needs a route with `auth`");
+        }
         f.unsupported(d, "quota", "`quota`");
         f.unsupported(d, "contract", "contract validation (`contract`)");
         f.unsupported(d, "version", "API versions (`version`)");
@@ -1009,11 +1015,71 @@ fn decode_routes(
                 upstream,
                 auth: if public == Some(true) { Vec::new() } else { auth.map(|(a, _)| a).unwrap_or_default() },
                 allow: allow.map(|(a, _)| a).unwrap_or_default(),
+                rate_limit,
                 retry_non_idempotent,
             });
         }
     }
     out
+}
+
+fn decode_rate_limit(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<RateLimitConfig> {
+    let mut f = Fields::new(d, node, path)?;
+    let key = match f.get("key") {
+        Some((n, p)) => scalar(d, n, &p).and_then(|s| match s {
+            "consumer" => Some(RateKey::Consumer),
+            "ip" => Some(RateKey::Ip),
+            h if h.starts_with("header:") => match HeaderName::from_bytes(&h.as_bytes()["header:".len()..]) {
+                Ok(name) => Some(RateKey::Header(name)),
+                Err(_) => {
+                    d.err(n.pos, &p, format!("invalid header name in `{h}`"));
+                    None
+                }
+            },
+            other => {
+                d.err(n.pos, &p, format!("unknown key `{other}`; expected consumer, ip or header:NAME"));
+                None
+            }
+        }),
+        None => Some(RateKey::Ip),
+    };
+    let per_second = match f.get("rate") {
+        Some((n, p)) => scalar(d, n, &p).and_then(|s| {
+            let parsed = s.split_once('/').and_then(|(q, w)| {
+                let q: f64 = q.trim().parse().ok().filter(|q: &f64| *q > 0.0 && q.is_finite())?;
+                let secs = match w.trim() {
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    _ => return None,
+                };
+                Some(q / secs)
+            });
+            if parsed.is_none() {
+                d.err(n.pos, &p, format!("expected a rate like 100/s, 600/m or 1000/h, found `{s}`"));
+            }
+            parsed
+        }),
+        None => {
+            d.err(node.pos, &join(path, "rate"), "missing field `rate` (like 100/s)");
+            None
+        }
+    };
+    let mut burst = None;
+    if let Some((n, p)) = f.get("burst") {
+        burst = integer(d, n, &p, 1, 1_000_000);
+    }
+    let mut max_keys = 100_000;
+    if let Some((n, p)) = f.get("max_keys")
+        && let Some(v) = integer(d, n, &p, 16, 10_000_000)
+    {
+        max_keys = v as usize;
+    }
+    f.finish(d);
+    let per_second = per_second?;
+    // Default burst: one second's worth (at least 1).
+    let burst = burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u64);
+    Some(RateLimitConfig { key: key?, per_second, burst, max_keys })
 }
 
 type Match = (Option<HostPattern>, PathPattern, Vec<Method>, Vec<(HeaderName, HeaderValue)>);

@@ -190,6 +190,30 @@ pub struct ConfigApiKey {
     pub sha256: [u8; 32],
 }
 
+/// `routes[].rate_limit`
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// What a bucket belongs to.
+    pub key: RateKey,
+    /// Requests per second at the steady rate.
+    pub per_second: f64,
+    /// Requests allowed at once.
+    pub burst: u64,
+    /// Keys remembered at most (default 100,000).
+    pub max_keys: usize,
+}
+
+/// `rate_limit.key`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The authenticated consumer (routes with `auth` only).
+    Consumer,
+    /// The client's IP address.
+    Ip,
+    /// A request header's value (the client IP when it is missing).
+    Header(HeaderName),
+}
+
 /// One of a route's `auth` methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
@@ -499,6 +523,8 @@ pub struct RouteConfig {
     /// `allow`: alternative rules (empty: anyone who authenticated, or anyone on a public
     /// route).
     pub allow: Vec<AllowRule>,
+    /// `rate_limit`, if any.
+    pub rate_limit: Option<RateLimitConfig>,
     /// `retry_non_idempotent: true`: failed POST/PATCH (and other non-idempotent) requests
     /// may be retried like GETs. Off by default.
     pub retry_non_idempotent: bool,

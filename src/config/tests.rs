@@ -381,3 +381,25 @@ fn tracing_settings() {
     let e = errors(&format!("{base}observability: {{ tracing: {{ sample: 0.5 }} }}\n"));
     assert!(e[0].contains("missing field `otlp`"), "{e:?}");
 }
+
+#[test]
+fn rate_limit_settings() {
+    let route = |rl: &str, auth: &str| {
+        format!("{BASE}routes: [{{ name: r, match: {{ prefix: / }}, upstream: u, {auth}, rate_limit: {rl} }}]\n")
+    };
+    let ok = parse("gw.yaml", &route("{ key: \"header:x-tenant\", rate: 600/m }", "public: true")).expect("valid");
+    let rl = ok.routes[0].rate_limit.clone().expect("limit");
+    assert_eq!(
+        (rl.key, rl.per_second, rl.burst, rl.max_keys),
+        (RateKey::Header("x-tenant".parse().expect("h")), 10.0, 10, 100_000)
+    );
+    let e = errors(&route("{ key: consumer, rate: 5/s }", "public: true"));
+    assert!(e[0].contains("`key: consumer` needs a route with `auth`"), "{e:?}");
+    let e = errors(&route("{ key: cookie, rate: 5/d, burst: 0 }", "public: true"));
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].contains("unknown key `cookie`") && e[1].contains("like 100/s") && e[2].contains("from 1 to"),
+        "{e:?}"
+    );
+    assert!(parse("gw.yaml", &route("{ key: consumer, rate: 1/h, burst: 5 }", "auth: [api_key]")).is_ok());
+}

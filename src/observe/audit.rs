@@ -245,7 +245,8 @@ impl EventSink for Audit {
                 &consumer.map_or_else(|| client.to_string(), str::to_string),
                 serde_json::json!({ "route": route, "client": client.to_string() }),
             ),
-            SecurityEvent::Auth { .. } => {}
+            // Counted and logged; a flood of them is no audit trail.
+            SecurityEvent::Auth { .. } | SecurityEvent::Limited { .. } => {}
         }
     }
 }

@@ -46,6 +46,15 @@ pub enum SecurityEvent<'a> {
         /// Why it failed (empty on success).
         reason: &'a str,
     },
+    /// A request was refused by the route's rate limit.
+    Limited {
+        /// Client address.
+        client: IpAddr,
+        /// Route name.
+        route: &'a str,
+        /// The consumer, when known.
+        consumer: Option<&'a str>,
+    },
     /// An authenticated (or anonymous, on a public route) caller was refused by `allow`.
     Denied {
         /// Client address.
@@ -101,6 +110,11 @@ impl Events {
                     } else {
                         tracing::info!(target: "portcullis::security", event = "auth_failure", %client, route, method, consumer, reason, "Authentication failed");
                     }
+                }
+            }
+            SecurityEvent::Limited { client, route, consumer } => {
+                if self.may_log() {
+                    tracing::info!(target: "portcullis::security", event = "rate_limited", %client, route, consumer, "Rate limit exceeded");
                 }
             }
             SecurityEvent::Denied { client, route, consumer } => {

@@ -289,6 +289,7 @@ mod tests {
             upstream: 0,
             auth: Vec::new(),
             allow: Vec::new(),
+            rate_limit: None,
             retry_non_idempotent: false,
         }
     }

@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub(crate) auth: Authenticator,
     /// The span exporter, when `observability.tracing` is set.
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// Each route's rate limiter, indexed like `config.routes`.
+    pub(crate) limiters: Vec<Option<Arc<crate::ratelimit::Limiter>>>,
     /// The protected routes with lower-case patterns, when public routes exist next to them:
     /// a public route's request whose loose spelling they match is refused.
     pub(crate) shadow: Option<Table>,
@@ -92,6 +94,7 @@ impl Snapshot {
         inner.metrics.retain_routes(config.routes.iter().map(|r| r.name.as_str()));
         let access_log = inner.access_log(config.access_log.as_ref());
         let tracer = inner.tracer(config.tracing.as_ref());
+        let limiters = inner.limiters(&config.routes);
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
         let upstream_names = config.upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
         Ok(Snapshot {
@@ -107,6 +110,7 @@ impl Snapshot {
             auth,
             shadow,
             tracer,
+            limiters,
         })
     }
 }
@@ -131,6 +135,9 @@ pub(crate) struct Shared {
     tracer: Mutex<Option<Arc<Tracer>>>,
     /// Span export counters (kept across exporters).
     trace_counters: Arc<TraceCounters>,
+    /// Rate limiters by route name, kept across reloads that keep the route's `rate_limit`.
+    limiters:
+        Mutex<std::collections::HashMap<String, (crate::config::RateLimitConfig, Arc<crate::ratelimit::Limiter>)>>,
     /// Consumers and keys from the store, kept current by a sync task.
     directory: Arc<ArcSwap<Directory>>,
     /// Fetched JWT keys, shared by config versions.
@@ -166,6 +173,26 @@ impl Shared {
             old.cancel();
         }
         Ok(())
+    }
+
+    fn limiters(&self, routes: &[crate::config::RouteConfig]) -> Vec<Option<Arc<crate::ratelimit::Limiter>>> {
+        let mut cache = self.limiters.lock();
+        let out: Vec<_> = routes
+            .iter()
+            .map(|r| {
+                let cfg = r.rate_limit.as_ref()?;
+                if let Some((c, l)) = cache.get(&r.name)
+                    && c == cfg
+                {
+                    return Some(l.clone());
+                }
+                let l = Arc::new(crate::ratelimit::Limiter::new(cfg.per_second, cfg.burst, cfg.max_keys));
+                cache.insert(r.name.clone(), (cfg.clone(), l.clone()));
+                Some(l)
+            })
+            .collect();
+        cache.retain(|name, (c, _)| routes.iter().any(|r| &r.name == name && r.rate_limit.as_ref() == Some(c)));
+        out
     }
 
     fn tracer(&self, cfg: Option<&crate::config::TracingConfig>) -> Option<Arc<Tracer>> {
@@ -394,6 +421,16 @@ impl crate::admin::Node for NodeView {
         );
         self.0.shared.events.write_metrics(&mut out);
         self.0.shared.audit.write_metrics(&mut out);
+        family(
+            &mut out,
+            "portcullis_rate_limited_total",
+            "Requests refused with 429 by the route's rate limit.",
+            "counter",
+            snap.limiters
+                .iter()
+                .zip(&snap.route_names)
+                .filter_map(|(l, name)| l.as_ref().map(|l| (format!("route=\"{}\"", label_value(name)), l.limited()))),
+        );
         let tc = &self.0.shared.trace_counters;
         family(
             &mut out,

@@ -324,6 +324,50 @@ async fn identify<'s>(
     Ok(if rc.auth.contains(&AuthMethod::ApiKey) { auth.key_query() } else { None })
 }
 
+/// The route's `rate_limit`: count this request against its key's bucket.
+fn rate_limit(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    idx: usize,
+    limiter: &crate::ratelimit::Limiter,
+    headers: &http::HeaderMap,
+    consumer: Option<&str>,
+) -> Result<(), GatewayError> {
+    let Some(cfg) = snap.config.routes.get(idx).and_then(|r| r.rate_limit.as_ref()) else {
+        return Ok(());
+    };
+    let ip = ctx.peer.ip().to_canonical();
+    let ip_key = match ip {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let d = match &cfg.key {
+        crate::config::RateKey::Consumer => match consumer {
+            Some(c) => limiter.check_now(c.as_bytes()),
+            None => limiter.check_now(&ip_key),
+        },
+        crate::config::RateKey::Ip => limiter.check_now(&ip_key),
+        crate::config::RateKey::Header(h) => match headers.get(h) {
+            Some(v) => limiter.check_now(v.as_bytes()),
+            None => limiter.check_now(&ip_key),
+        },
+    };
+    if d.allowed {
+        return Ok(());
+    }
+    let route = snap.route_names.get(idx).map_or("", |n| &**n);
+    ctx.gw.shared.events.publish(&SecurityEvent::Limited { client: ip, route, consumer });
+    const NS: u64 = 1_000_000_000;
+    let retry_after = d.retry_after_ns.div_ceil(NS).max(1);
+    let policy = format!("\"route\";q={};w={}", limiter.burst(), limiter.window_secs());
+    let state = format!("\"route\";r=0;t={retry_after}");
+    Err(GatewayError::RateLimited {
+        retry_after,
+        policy: HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("")),
+        state: HeaderValue::from_str(&state).unwrap_or_else(|_| HeaderValue::from_static("")),
+    })
+}
+
 async fn proxy(
     ctx: &ConnCtx,
     snap: &Snapshot,
@@ -375,6 +419,9 @@ async fn proxy(
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
     snap.auth.strip_identity(&mut parts.headers);
     let hide_key_param = identify(ctx, snap, idx, &mut parts.headers, parts.uri.query(), request_id, outcome).await?;
+    if let Some(limiter) = snap.limiters.get(idx).and_then(Option::as_ref) {
+        rate_limit(ctx, snap, idx, limiter, &parts.headers, outcome.consumer.as_deref())?;
+    }
 
     // An API key sent as a query parameter does not travel on.
     let key_param =

@@ -1,0 +1,190 @@
+//! Rate limits: GCRA (the generic cell rate algorithm) over a bounded, sharded key table.
+//!
+//! A limit of `rate` per second with `burst` lets a key spend up to `burst` requests at once
+//! and then one every `1/rate` seconds. Each key's whole state is one number, its theoretical
+//! arrival time (TAT). The clock is passed in (`now` in nanoseconds on any monotonic scale),
+//! so the arithmetic is tested exactly. Memory is bounded: at most `max_keys` keys; a full
+//! shard first forgets keys whose bucket is full again (they are the same as absent), then
+//! the one of a few sampled keys that would be full soonest — so rotating keys cannot grow
+//! the table, only push out idle or nearly idle keys.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use parking_lot::Mutex;
+
+const SHARDS: usize = 16;
+/// Keys sampled to choose one to forget when a shard is full of active keys.
+const SAMPLE: usize = 8;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may go.
+    pub allowed: bool,
+    /// Requests the key could still make at once.
+    pub remaining: u64,
+    /// Nanoseconds until the next request would be allowed (0 when allowed).
+    pub retry_after_ns: u64,
+    /// Nanoseconds until the key's bucket is full again.
+    pub reset_ns: u64,
+}
+
+/// One limit (`rate`, `burst`) over many keys.
+#[derive(Debug)]
+pub struct Limiter {
+    /// Nanoseconds between requests at the steady rate.
+    interval: u64,
+    /// `interval * burst`: how far ahead of now a key's TAT may run.
+    tolerance: u64,
+    burst: u64,
+    max_per_shard: usize,
+    hasher: std::collections::hash_map::RandomState,
+    shards: Vec<Mutex<HashMap<Box<[u8]>, u64>>>,
+    limited: std::sync::atomic::AtomicU64,
+}
+
+impl Limiter {
+    /// `per_second` requests a second (may be fractional, > 0), `burst` at once (≥ 1), at most
+    /// `max_keys` keys remembered.
+    pub fn new(per_second: f64, burst: u64, max_keys: usize) -> Limiter {
+        let interval = (1e9 / per_second).round().max(1.0) as u64;
+        let burst = burst.max(1);
+        Limiter {
+            interval,
+            tolerance: interval.saturating_mul(burst),
+            burst,
+            max_per_shard: (max_keys / SHARDS).max(1),
+            hasher: std::collections::hash_map::RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            limited: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The burst.
+    pub fn burst(&self) -> u64 {
+        self.burst
+    }
+
+    /// Seconds a full bucket takes to refill from empty (for `RateLimit-Policy`'s window).
+    pub fn window_secs(&self) -> u64 {
+        self.tolerance.div_ceil(1_000_000_000).max(1)
+    }
+
+    /// Check (and, if allowed, count) one request of `key` at `now` (nanoseconds).
+    pub fn check(&self, key: &[u8], now: u64) -> Decision {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let mut map = shard.lock();
+        let tat = map.get(key).copied().unwrap_or(now).max(now);
+        let new_tat = tat + self.interval;
+        if new_tat - now > self.tolerance {
+            // Allowed again once the TAT has come within the tolerance.
+            let retry = new_tat - now - self.tolerance;
+            self.limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Decision { allowed: false, remaining: 0, retry_after_ns: retry, reset_ns: tat - now };
+        }
+        if !map.contains_key(key) && map.len() >= self.max_per_shard {
+            make_room(&mut map, now);
+        }
+        match map.get_mut(key) {
+            Some(t) => *t = new_tat,
+            None => {
+                map.insert(Box::from(key), new_tat);
+            }
+        }
+        let remaining = (self.tolerance - (new_tat - now)) / self.interval;
+        Decision { allowed: true, remaining, retry_after_ns: 0, reset_ns: new_tat - now }
+    }
+
+    /// Requests refused so far.
+    pub fn limited(&self) -> u64 {
+        self.limited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Check `key` now, on the process's monotonic clock.
+    pub fn check_now(&self, key: &[u8]) -> Decision {
+        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+        let start = START.get_or_init(tokio::time::Instant::now);
+        // Offset by a day so that "now" is never below a fresh key's implicit TAT of 0.
+        let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX / 2) + 86_400 * 1_000_000_000;
+        self.check(key, now)
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn make_room(map: &mut HashMap<Box<[u8]>, u64>, now: u64) {
+    let before = map.len();
+    map.retain(|_, tat| *tat > now);
+    if map.len() < before {
+        return;
+    }
+    // Full of active keys: forget the sampled key whose bucket would be full soonest.
+    if let Some(victim) = map.iter().take(SAMPLE).min_by_key(|(_, tat)| **tat).map(|(k, _)| k.clone()) {
+        map.remove(&victim);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn burst_then_the_steady_rate() {
+        let l = Limiter::new(10.0, 5, 1000);
+        let mut allowed = 0;
+        for _ in 0..20 {
+            if l.check(b"k", 0).allowed {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 5, "the burst at once");
+        let d = l.check(b"k", 0);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ns, S / 10, "one interval until the next");
+        assert!(l.check(b"k", S / 10).allowed);
+        assert!(!l.check(b"k", S / 10).allowed);
+        assert!(l.check(b"other", 0).allowed, "keys are independent");
+    }
+
+    #[test]
+    fn admitted_rate_over_ten_seconds_is_the_rate() {
+        // A client trying 1,000 times a second for 10 s (simulated clock).
+        let l = Limiter::new(100.0, 50, 1000);
+        let mut allowed = 0u64;
+        for i in 0..10_000u64 {
+            if l.check(b"k", i * S / 1000).allowed {
+                allowed += 1;
+            }
+        }
+        // rate × time + burst, within one request.
+        let want = 100 * 10 + 50;
+        assert!(allowed.abs_diff(want) <= 1, "{allowed} vs {want}");
+    }
+
+    #[test]
+    fn many_keys_stay_within_the_bound() {
+        let l = Limiter::new(1.0, 1, 10_000);
+        for i in 0..100_000u32 {
+            assert!(l.check(&i.to_be_bytes(), u64::from(i)).allowed);
+        }
+        assert!(l.len() <= 10_000, "{}", l.len());
+        // An active key keeps its state under the flood only if it is not the oldest sampled;
+        // a key whose bucket is full again is simply forgotten.
+        let idle = Limiter::new(1000.0, 1, 16);
+        for i in 0..1000u32 {
+            idle.check(&i.to_be_bytes(), u64::from(i) * S);
+        }
+        assert!(idle.len() <= 16);
+    }
+}
