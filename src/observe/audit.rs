@@ -17,6 +17,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use super::budget::PerSecond;
 use super::events::{AuthOutcome, EventSink, SecurityEvent};
 use crate::store::Store;
 use crate::store::audit::AuditEvent;
@@ -45,17 +46,9 @@ pub struct Audit {
     /// Budgets: request-driven records from the listeners, admin API calls with the token,
     /// and refused admin calls — so neither a flood of bad credentials nor one of bad admin
     /// tokens can hide the use of the real one.
-    requests: Budget,
-    admin: Budget,
-    admin_refused: Budget,
-}
-
-/// At most [`PER_SECOND`] records a second; the rest counted for a summary record.
-#[derive(Debug, Default)]
-struct Budget {
-    second: AtomicU64,
-    count: AtomicU64,
-    suppressed: AtomicU64,
+    requests: PerSecond,
+    admin: PerSecond,
+    admin_refused: PerSecond,
 }
 
 impl std::fmt::Debug for Audit {
@@ -78,9 +71,9 @@ impl Default for Audit {
                 failed: AtomicU64::new(0),
             }),
             node: Mutex::new("portcullis".into()),
-            requests: Budget::default(),
-            admin: Budget::default(),
-            admin_refused: Budget::default(),
+            requests: PerSecond::default(),
+            admin: PerSecond::default(),
+            admin_refused: PerSecond::default(),
         }
     }
 }
@@ -141,33 +134,27 @@ impl Audit {
         self.inner.store.load().is_some()
     }
 
-    fn within(&self, b: &Budget, source: &str, kind: &str, actor: &str, detail: serde_json::Value) {
-        let now = crate::store::now() as u64;
-        let was = b.second.load(Ordering::Relaxed);
-        if was != now && b.second.compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            b.count.store(0, Ordering::Relaxed);
-            self.summarise(b, source);
-        }
-        if b.count.fetch_add(1, Ordering::Relaxed) < PER_SECOND {
+    fn within(&self, b: &PerSecond, source: &str, kind: &str, actor: &str, detail: serde_json::Value) {
+        if b.admit(PER_SECOND, |left_out| self.summarise(left_out, source)) {
             self.record(kind, actor, detail);
-        } else {
-            b.suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn summarise(&self, b: &Budget, source: &str) {
-        let n = b.suppressed.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            let detail = serde_json::json!({ "count": n, "per_second": PER_SECOND, "source": source });
-            self.record("events_suppressed", "portcullis", detail);
-        }
+    fn summarise(&self, left_out: u64, source: &str) {
+        let detail = serde_json::json!({ "count": left_out, "per_second": PER_SECOND, "source": source });
+        self.record("events_suppressed", "portcullis", detail);
     }
 
     /// Record what is still counted but unwritten (at shutdown).
     pub fn summarise_pending(&self) {
-        self.summarise(&self.requests, "requests");
-        self.summarise(&self.admin, "admin");
-        self.summarise(&self.admin_refused, "admin_refused");
+        for (b, source) in
+            [(&self.requests, "requests"), (&self.admin, "admin"), (&self.admin_refused, "admin_refused")]
+        {
+            let left_out = b.take_suppressed();
+            if left_out > 0 {
+                self.summarise(left_out, source);
+            }
+        }
     }
 
     /// Wait (at most `limit`) until every queued record is written or given up on.

@@ -80,9 +80,7 @@ const LOG_PER_SECOND: u64 = 50;
 pub struct Events {
     auth: [[AtomicU64; OUTCOMES.len()]; METHODS.len()],
     denied: AtomicU64,
-    log_second: AtomicU64,
-    log_count: AtomicU64,
-    suppressed: AtomicU64,
+    log: super::budget::PerSecond,
     sinks: ArcSwap<Vec<Arc<dyn EventSink>>>,
 }
 
@@ -131,21 +129,9 @@ impl Events {
 
     /// Whether one more line fits in this second's budget.
     fn may_log(&self) -> bool {
-        let now = crate::store::now() as u64;
-        let was = self.log_second.load(Ordering::Relaxed);
-        if was != now && self.log_second.compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            let dropped = self.suppressed.swap(0, Ordering::Relaxed);
-            self.log_count.store(0, Ordering::Relaxed);
-            if dropped > 0 {
-                tracing::warn!(target: "portcullis::security", suppressed = dropped, "Security events not logged (over {LOG_PER_SECOND} per second); they are counted in /metrics");
-            }
-        }
-        if self.log_count.fetch_add(1, Ordering::Relaxed) < LOG_PER_SECOND {
-            true
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            false
-        }
+        self.log.admit(LOG_PER_SECOND, |left_out| {
+            tracing::warn!(target: "portcullis::security", suppressed = left_out, "Security events not logged (over {LOG_PER_SECOND} per second); they are counted in /metrics");
+        })
     }
 
     /// `portcullis_auth_total` and `portcullis_access_denied_total`, for `/metrics`.

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod budget;
 pub mod events;
 pub mod metrics;
 pub mod trace;
