@@ -85,7 +85,7 @@ fn demo_token() -> String {
     }
     let mut bytes = [0u8; 16];
     match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
-        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        Ok(()) => crate::hex::encode(&bytes),
         // Loopback-only demo: a weaker token is acceptable if the OS source is missing.
         Err(_) => (0..32).map(|_| fastrand::alphanumeric()).collect(),
     }

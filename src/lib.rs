@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod hex;
 pub mod net;
 pub mod observe;
 pub mod protect;

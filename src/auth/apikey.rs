@@ -33,7 +33,7 @@ pub fn generate() -> Result<NewKey, aws_lc_rs::error::Unspecified> {
     let mut secret = [0u8; 32];
     aws_lc_rs::rand::fill(&mut id)?;
     aws_lc_rs::rand::fill(&mut secret)?;
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::hex::encode(&id);
     let key = format!("{PREFIX}{id}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
     let digest = digest(key.as_bytes());
     Ok(NewKey { id, key, digest })

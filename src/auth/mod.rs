@@ -158,12 +158,7 @@ impl Assertion {
             jti: {
                 let mut b = [0u8; 16];
                 aws_lc_rs::rand::fill(&mut b).ok()?;
-                let mut hex = String::with_capacity(32);
-                for x in b {
-                    hex.push(char::from(b"0123456789abcdef"[usize::from(x >> 4)]));
-                    hex.push(char::from(b"0123456789abcdef"[usize::from(x & 15)]));
-                }
-                hex
+                crate::hex::encode(&b)
             },
             request_id,
             auth: method_name(id.method),

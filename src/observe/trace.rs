@@ -67,26 +67,11 @@ pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     }
     let mut t = [0u8; 16];
     let mut p = [0u8; 8];
-    decode_hex(trace, &mut t)?;
-    decode_hex(parent, &mut p)?;
+    crate::hex::decode(trace, &mut t)?;
+    crate::hex::decode(parent, &mut p)?;
     let mut f = [0u8; 1];
-    decode_hex(flags, &mut f)?;
+    crate::hex::decode(flags, &mut f)?;
     (t != [0; 16] && p != [0; 8]).then_some((t, p, f[0]))
-}
-
-fn decode_hex(s: &str, out: &mut [u8]) -> Option<()> {
-    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-        let h = (pair[0] as char).to_digit(16)?;
-        let l = (pair[1] as char).to_digit(16)?;
-        *out.get_mut(i)? = (h * 16 + l) as u8;
-    }
-    Some(())
-}
-
-fn hex(b: &[u8], out: &mut String) {
-    for x in b {
-        let _ = write!(out, "{x:02x}");
-    }
 }
 
 fn nonzero<const N: usize>(mut f: impl FnMut() -> [u8; N]) -> [u8; N] {
@@ -130,9 +115,9 @@ impl TraceContext {
     pub fn traceparent(&self) -> HeaderValue {
         let mut s = String::with_capacity(55);
         s.push_str("00-");
-        hex(&self.trace_id, &mut s);
+        crate::hex::push(&self.trace_id, &mut s);
         s.push('-');
-        hex(&self.span_id, &mut s);
+        crate::hex::push(&self.span_id, &mut s);
         s.push_str(if self.sampled { "-01" } else { "-00" });
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -140,7 +125,7 @@ impl TraceContext {
     /// The trace id in hex, as the access log writes it.
     pub fn trace_hex(&self) -> [u8; 32] {
         let mut s = String::with_capacity(32);
-        hex(&self.trace_id, &mut s);
+        crate::hex::push(&self.trace_id, &mut s);
         let mut out = [0u8; 32];
         out.copy_from_slice(s.as_bytes());
         out
@@ -297,13 +282,13 @@ pub fn encode(spans: &[Span], service: &str) -> String {
             out.push(',');
         }
         out.push_str("{\"traceId\":\"");
-        hex(&s.ctx.trace_id, &mut out);
+        crate::hex::push(&s.ctx.trace_id, &mut out);
         out.push_str("\",\"spanId\":\"");
-        hex(&s.ctx.span_id, &mut out);
+        crate::hex::push(&s.ctx.span_id, &mut out);
         out.push('"');
         if let Some(p) = s.ctx.parent {
             out.push_str(",\"parentSpanId\":\"");
-            hex(&p, &mut out);
+            crate::hex::push(&p, &mut out);
             out.push('"');
         }
         out.push_str(",\"name\":\"");

@@ -54,7 +54,7 @@ fn hex<S: serde::Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
 
 /// Lower-case hex of a hash.
 pub fn to_hex(b: &[u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::hex::encode(b)
 }
 
 /// The hash of a record with these fields after `prev`.

@@ -586,17 +586,8 @@ pub(super) fn decode_consumers(d: &mut Decoder<'_>, node: &Node, path: &str) -> 
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, pair) in b.chunks(2).enumerate() {
-        let h = (pair[0] as char).to_digit(16)?;
-        let l = (pair[1] as char).to_digit(16)?;
-        out[i] = (h * 16 + l) as u8;
-    }
-    Some(out)
+    crate::hex::decode(s, &mut out).map(|()| out)
 }
 
 pub(super) fn decode_route_auth(d: &mut Decoder<'_>, node: &Node, path: &str, auth: &AuthConfig) -> Vec<AuthMethod> {
