@@ -337,21 +337,24 @@ fn rate_limit(
         return Ok(());
     };
     let ip = ctx.peer.ip().to_canonical();
-    let ip_key = match ip {
-        std::net::IpAddr::V4(a) => a.octets().to_vec(),
-        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    // The address's bytes on the stack: no allocation per request.
+    let mut buf = [0u8; 16];
+    let ip_key: &[u8] = match ip {
+        std::net::IpAddr::V4(a) => {
+            buf[..4].copy_from_slice(&a.octets());
+            &buf[..4]
+        }
+        std::net::IpAddr::V6(a) => {
+            buf = a.octets();
+            &buf
+        }
     };
-    let d = match &cfg.key {
-        crate::config::RateKey::Consumer => match consumer {
-            Some(c) => limiter.check_now(c.as_bytes()),
-            None => limiter.check_now(&ip_key),
-        },
-        crate::config::RateKey::Ip => limiter.check_now(&ip_key),
-        crate::config::RateKey::Header(h) => match headers.get(h) {
-            Some(v) => limiter.check_now(v.as_bytes()),
-            None => limiter.check_now(&ip_key),
-        },
+    let key = match &cfg.key {
+        crate::config::RateKey::Consumer => consumer.map_or(ip_key, str::as_bytes),
+        crate::config::RateKey::Ip => ip_key,
+        crate::config::RateKey::Header(h) => headers.get(h).map_or(ip_key, HeaderValue::as_bytes),
     };
+    let d = limiter.check_now(key);
     if d.allowed {
         return Ok(());
     }
