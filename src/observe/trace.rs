@@ -181,9 +181,9 @@ pub struct Counters {
 
 impl Tracer {
     /// Start the exporter task for `config` (within the runtime).
-    pub fn start(config: TracingConfig, service: String, counters: Arc<Counters>) -> Arc<Tracer> {
+    pub fn start(config: TracingConfig, counters: Arc<Counters>) -> Arc<Tracer> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(export(rx, config.clone(), service, counters.clone()));
+        tokio::spawn(export(rx, config.clone(), counters.clone()));
         Arc::new(Tracer { config, tx, counters })
     }
 
@@ -205,7 +205,7 @@ impl Tracer {
     }
 }
 
-async fn export(mut rx: mpsc::Receiver<Span>, cfg: TracingConfig, service: String, counters: Arc<Counters>) {
+async fn export(mut rx: mpsc::Receiver<Span>, cfg: TracingConfig, counters: Arc<Counters>) {
     let client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> = match crate::net::https_connector() {
         Ok(c) => Client::builder(TokioExecutor::new()).pool_max_idle_per_host(2).build(c),
         Err(e) => {
@@ -229,7 +229,7 @@ async fn export(mut rx: mpsc::Receiver<Span>, cfg: TracingConfig, service: Strin
             }
         }
         let n = batch.len() as u64;
-        let body = encode(&batch, &service);
+        let body = encode(&batch, &cfg.service);
         batch.clear();
         let req = http::Request::post(cfg.endpoint.clone())
             .header(http::header::CONTENT_TYPE, "application/json")

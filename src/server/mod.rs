@@ -196,37 +196,34 @@ impl Shared {
     }
 
     fn tracer(&self, cfg: Option<&crate::config::TracingConfig>) -> Option<Arc<Tracer>> {
-        let mut cur = self.tracer.lock();
-        let Some(cfg) = cfg else {
-            *cur = None;
-            return None;
-        };
-        match &*cur {
-            Some(t) if t.config() == cfg => Some(t.clone()),
-            _ => {
-                let t = Tracer::start(cfg.clone(), cfg.service.clone(), self.trace_counters.clone());
-                *cur = Some(t.clone());
-                Some(t)
-            }
-        }
+        keep_or_start(&self.tracer, cfg, |t| t.config(), |c| Tracer::start(c.clone(), self.trace_counters.clone()))
     }
 
+    /// Without an access log any more, the writer (and its file) go with the last request.
     fn access_log(&self, cfg: Option<&AccessLogConfig>) -> Option<Arc<AccessLog>> {
-        let mut cur = self.access_log.lock();
-        let Some(cfg) = cfg else {
-            // No access log any more: the writer (and its file) go with the last request.
-            *cur = None;
-            return None;
-        };
-        match &*cur {
-            Some(a) if a.config() == cfg => Some(a.clone()),
-            _ => {
-                let a = AccessLog::start(cfg.clone(), self.metrics.clone());
-                *cur = Some(a.clone());
-                Some(a)
-            }
-        }
+        keep_or_start(&self.access_log, cfg, |a| a.config(), |c| AccessLog::start(c.clone(), self.metrics.clone()))
     }
+}
+
+/// The running instance in `slot` if it was started with `cfg`, else a new one (or none,
+/// without `cfg`): what a reload does for the parts that outlive config versions.
+fn keep_or_start<C: PartialEq, T>(
+    slot: &Mutex<Option<Arc<T>>>,
+    cfg: Option<&C>,
+    config_of: impl Fn(&T) -> &C,
+    start: impl FnOnce(&C) -> Arc<T>,
+) -> Option<Arc<T>> {
+    let mut cur = slot.lock();
+    let Some(cfg) = cfg else {
+        *cur = None;
+        return None;
+    };
+    if let Some(running) = cur.as_ref().filter(|r| config_of(r) == cfg) {
+        return Some(running.clone());
+    }
+    let fresh = start(cfg);
+    *cur = Some(fresh.clone());
+    Some(fresh)
 }
 
 /// Errors starting or reloading.
