@@ -88,11 +88,6 @@ impl TokenCache {
             s.lock().clear();
         }
     }
-
-    /// Entries held (for tests).
-    pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
-    }
 }
 
 /// Why a token was not accepted.

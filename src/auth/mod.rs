@@ -412,11 +412,6 @@ impl Authenticator {
         self.tokens.clear();
     }
 
-    /// Verified tokens held in the cache (for tests and metrics).
-    pub fn cached_tokens(&self) -> usize {
-        self.tokens.len()
-    }
-
     fn consumer(&self, name: &str) -> Option<Arc<ConsumerInfo>> {
         self.declared.consumer(name).cloned().or_else(|| self.stored.load().consumer(name).cloned())
     }
