@@ -50,6 +50,17 @@ pub enum GatewayError {
         /// `RateLimit` value.
         state: HeaderValue,
     },
+    /// The route's quota for this period is used up (429).
+    #[error("quota exceeded")]
+    QuotaExceeded {
+        /// Requests per period.
+        limit: u64,
+        /// Seconds until the period ends.
+        reset_secs: u64,
+    },
+    /// The client (or its consumer) is banned or refused by IP rules (403).
+    #[error("client blocked")]
+    Blocked,
     /// Authenticated, but the route's `allow` rules refuse this caller (403).
     #[error("access denied by the route's allow rules")]
     Forbidden,
@@ -151,6 +162,12 @@ impl GatewayError {
                 "Too Many Requests",
                 format!("the rate limit of this route is exceeded; retry after {retry_after} s"),
             ),
+            GatewayError::QuotaExceeded { reset_secs, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                format!("the quota of this route for the period is used up; it resets in {reset_secs} s"),
+            ),
+            GatewayError::Blocked => (StatusCode::FORBIDDEN, "Forbidden", "this client is blocked".into()),
             GatewayError::Forbidden => {
                 (StatusCode::FORBIDDEN, "Forbidden", "this caller is not allowed to use this route".into())
             }
@@ -223,10 +240,25 @@ pub fn rescue(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> 
         h.insert(http::HeaderName::from_static("ratelimit-policy"), policy.clone());
         h.insert(http::HeaderName::from_static("ratelimit"), state.clone());
     }
+    if let GatewayError::QuotaExceeded { limit, reset_secs } = err {
+        let h = res.headers_mut();
+        h.insert(header::RETRY_AFTER, HeaderValue::from((*reset_secs).max(1)));
+        set_quota_headers(h, *limit, 0, *reset_secs);
+    }
+    if matches!(err, GatewayError::Blocked) {
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if matches!(status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST) {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res
+}
+
+/// `X-Quota-Limit`, `X-Quota-Remaining` and `X-Quota-Reset` (seconds until the period ends).
+pub fn set_quota_headers(h: &mut http::HeaderMap, limit: u64, remaining: u64, reset_secs: u64) {
+    h.insert(http::HeaderName::from_static("x-quota-limit"), HeaderValue::from(limit));
+    h.insert(http::HeaderName::from_static("x-quota-remaining"), HeaderValue::from(remaining));
+    h.insert(http::HeaderName::from_static("x-quota-reset"), HeaderValue::from(reset_secs));
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The admin API on its own listener (loopback by default): `/healthz`, `/readyz`,
 //! `/metrics` (Prometheus; token-protected unless `admin.public_metrics`) and the
-//! token-protected REST API under `/api/v1` (node status, upstream health), described by
+//! token-protected REST API under `/api/v1` (node status, upstream health, bans), described by
 //! `/api/v1/openapi.json`.
 //!
 //! Owns the admin listener, its limits, the bearer-token check and the JSON shapes. It reads
@@ -43,6 +43,12 @@ pub trait Node: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// An admin API call was allowed or refused (for the audit log).
     fn audit_admin(&self, _method: &str, _path: &str, _allowed: bool, _client: Option<std::net::IpAddr>) {}
+    /// Bans in force, longest first.
+    fn bans(&self) -> Vec<crate::store::BanRecord>;
+    /// Ban `key` (`ip:ADDRESS`, an address, or `consumer:NAME`) for `len`; the ban, or why not.
+    fn ban(&self, key: &str, len: Duration, reason: &str) -> Result<crate::store::BanRecord, String>;
+    /// Lift the ban of `key`: whether one was in force, or why the key is unusable.
+    fn unban(&self, key: &str) -> Result<bool, String>;
 }
 
 /// The peer address of an admin connection, for the audit log.
@@ -143,6 +149,57 @@ async fn upstream(State(st): State<AppState>, Path(name): Path<String>) -> Respo
     }
 }
 
+async fn bans(State(st): State<AppState>) -> Response {
+    axum::Json(st.node.bans()).into_response()
+}
+
+/// `POST /api/v1/bans`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanRequest {
+    key: String,
+    /// A duration like `15m`.
+    #[serde(rename = "for")]
+    len: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Longest operator-given reason kept.
+const MAX_REASON: usize = 200;
+
+async fn ban(State(st): State<AppState>, body: axum::body::Bytes) -> Response {
+    let req: BanRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "Bad Request", &format!("invalid ban request: {e}")),
+    };
+    let len = match crate::config::units::parse_duration(&req.len) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(365 * 24 * 3600) => d,
+        _ => return problem(StatusCode::BAD_REQUEST, "Bad Request", "`for` must be a duration like 15m, up to 365d"),
+    };
+    let mut reason = req.reason.unwrap_or_else(|| "banned by an operator".into());
+    reason.retain(|c| !c.is_control());
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    match st.node.ban(&req.key, len, &reason) {
+        Ok(rec) => (StatusCode::CREATED, axum::Json(rec)).into_response(),
+        Err(e) => problem(StatusCode::BAD_REQUEST, "Bad Request", &e),
+    }
+}
+
+async fn unban(State(st): State<AppState>, Path(key): Path<String>) -> Response {
+    match st.node.unban(&key) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => problem(StatusCode::NOT_FOUND, "Not Found", "that key is not banned"),
+        Err(e) => problem(StatusCode::BAD_REQUEST, "Bad Request", &e),
+    }
+}
+
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut res = st.node.metrics().into_response();
     res.headers_mut()
@@ -167,6 +224,8 @@ fn router(node: Arc<dyn Node>, token: Option<Arc<[u8]>>, public_metrics: bool) -
         .route("/api/v1/status", get(status))
         .route("/api/v1/upstreams", get(upstreams))
         .route("/api/v1/upstreams/{name}", get(upstream))
+        .route("/api/v1/bans", get(bans).post(ban))
+        .route("/api/v1/bans/{key}", axum::routing::delete(unban))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
     let open = Router::new().route("/metrics", get(metrics));
     let mut app = Router::new();

@@ -112,7 +112,7 @@ where
 /// Append a record of what this command changed to the audit log.
 /// A failure here leaves the change made but unrecorded: said on stderr, and the command
 /// still succeeds (a key already issued must not be lost).
-async fn audit(s: &dyn Store, kind: &str, detail: serde_json::Value) -> Result<(), StoreError> {
+pub(crate) async fn audit(s: &dyn Store, kind: &str, detail: serde_json::Value) -> Result<(), StoreError> {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     // Under sudo, who asked matters as much as whose account ran it.
     let user = match std::env::var("SUDO_USER") {

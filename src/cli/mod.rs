@@ -1,4 +1,5 @@
-//! The command line: `run`, `validate`, `explain`, `status`, `consumers`, `keys`, `audit`, `demo`.
+//! The command line: `run`, `validate`, `explain`, `status`, `consumers`, `keys`, `bans`, `audit`,
+//! `demo`.
 //!
 //! Exit codes: 0 success, 1 invalid input or refused, 2 usage error.
 
@@ -12,6 +13,7 @@ use crate::observe;
 use crate::server::{Gateway, StartOptions, source_hash, watch_config};
 
 mod audit;
+mod bans;
 mod explain;
 mod identity;
 mod status;
@@ -83,6 +85,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: identity::KeysCmd,
     },
+    /// List, add and lift bans: on a running node with --admin URL (token from
+    /// PORTCULLIS_ADMIN_TOKEN), else in the store the config names.
+    Bans {
+        /// Config file naming the store (`node.store`).
+        #[arg(short = 'c', long = "config", global = true, default_value = "portcullis.yaml")]
+        config: PathBuf,
+        /// Admin API URL of a running node (instead of the store).
+        #[arg(long = "admin", global = true)]
+        admin: Option<String>,
+        #[command(subcommand)]
+        cmd: bans::BansCmd,
+    },
     /// Read the audit log (a hash chain in the store the config names).
     Audit {
         /// Config file naming the store (`node.store`).
@@ -114,6 +128,7 @@ pub fn main() -> ExitCode {
         Cmd::Consumers { config, cmd } => identity::consumers(&config, cmd),
         Cmd::Keys { config, cmd } => identity::keys(&config, cmd),
         Cmd::Audit { config, cmd } => audit::run(&config, cmd),
+        Cmd::Bans { config, admin, cmd } => bans::run(&config, admin.as_deref(), cmd),
         Cmd::Status { admin, config, json } => status::run(admin.as_deref(), config.as_deref(), json),
         Cmd::Run { config } => {
             observe::init_logging();

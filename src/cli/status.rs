@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -33,57 +33,68 @@ fn admin_url(admin: Option<&str>, config: Option<&Path>) -> Result<String, Strin
     Ok("http://127.0.0.1:9901".into())
 }
 
+/// One call to the admin API at `base` (`--admin`, else the config's): the status and the
+/// body parsed as JSON (null if it is not), or a message to print. The token comes from
+/// `PORTCULLIS_ADMIN_TOKEN`.
+pub(crate) fn call(
+    admin: Option<&str>,
+    config: Option<&Path>,
+    method: http::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(http::StatusCode, Value), String> {
+    let base = admin_url(admin, config)?;
+    let token = std::env::var("PORTCULLIS_ADMIN_TOKEN").ok();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let url = format!("{base}{path}");
+    let (status, bytes) = rt
+        .block_on(async {
+            let client: Client<_, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(hyper_util::client::legacy::connect::HttpConnector::new());
+            let payload = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+            let mut req = http::Request::builder().method(method).uri(&url);
+            if !payload.is_empty() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let mut req = req.body(Full::new(payload)).map_err(|e| e.to_string())?;
+            if let Some(t) = &token {
+                let v = http::HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| "PORTCULLIS_ADMIN_TOKEN is not a valid header value".to_string())?;
+                req.headers_mut().insert(http::header::AUTHORIZATION, v);
+            }
+            let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                .await
+                .map_err(|_| format!("{url}: no answer within 10s"))?
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = res.status();
+            let body = res.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+            Ok::<_, String>((status, body))
+        })
+        .map_err(|e| format!("cannot reach the admin API: {e}"))?;
+    let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_client_error() || status.is_server_error() {
+        let detail = doc.get("detail").and_then(Value::as_str).unwrap_or("");
+        let mut msg = format!("{url}: {status} {detail}");
+        if status == http::StatusCode::UNAUTHORIZED && token.is_none() {
+            msg.push_str("\nset PORTCULLIS_ADMIN_TOKEN to the node's admin token");
+        }
+        return Err(msg);
+    }
+    Ok((status, doc))
+}
+
 /// Fetch `/api/v1/status` and print it (as it came with `json`).
 pub(crate) fn run(admin: Option<&str>, config: Option<&Path>, json: bool) -> ExitCode {
-    let base = match admin_url(admin, config) {
-        Ok(u) => u,
+    let doc = match call(admin, config, http::Method::GET, "/api/v1/status", None) {
+        Ok((_, doc)) => doc,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    let token = std::env::var("PORTCULLIS_ADMIN_TOKEN").ok();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let url = format!("{base}/api/v1/status");
-    let fetched = rt.block_on(async {
-        let client: Client<_, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(hyper_util::client::legacy::connect::HttpConnector::new());
-        let mut req = http::Request::get(&url).body(Empty::new()).map_err(|e| e.to_string())?;
-        if let Some(t) = &token {
-            let v = http::HeaderValue::from_str(&format!("Bearer {t}"))
-                .map_err(|_| "PORTCULLIS_ADMIN_TOKEN is not a valid header value".to_string())?;
-            req.headers_mut().insert(http::header::AUTHORIZATION, v);
-        }
-        let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-            .await
-            .map_err(|_| format!("{url}: no answer within 10s"))?
-            .map_err(|e| format!("{url}: {e}"))?;
-        let status = res.status();
-        let body = res.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
-        Ok::<_, String>((status, body))
-    });
-    let (status, body) = match fetched {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("cannot reach the admin API: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let detail = doc.get("detail").and_then(Value::as_str).unwrap_or("");
-        eprintln!("{url}: {status} {detail}");
-        if status == http::StatusCode::UNAUTHORIZED && token.is_none() {
-            eprintln!("set PORTCULLIS_ADMIN_TOKEN to the node's admin token");
-        }
-        return ExitCode::from(1);
-    }
     if json {
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {

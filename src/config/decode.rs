@@ -14,6 +14,7 @@ use super::yaml::{Kind, Node, Pos};
 use super::{ConfigError, ConfigErrors};
 
 mod auth;
+mod protection;
 
 struct Decoder<'a> {
     file: &'a str,
@@ -278,11 +279,14 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         None => Vec::new(),
     };
     let routes = match f.get("routes") {
-        Some((n, p)) => decode_routes(d, n, &p, &upstreams, &auth),
+        Some((n, p)) => {
+            let has_store = node.as_ref().is_some_and(|n| n.store.is_some());
+            decode_routes(d, n, &p, &upstreams, &auth, has_store)
+        }
         None => Vec::new(),
     };
     let admin = f.get("admin").and_then(|(n, p)| decode_admin(d, n, &p));
-    f.unsupported(d, "protection", "`protection` (bans, IP rules)");
+    let protection = f.get("protection").map(|(n, p)| protection::decode_protection(d, n, &p)).unwrap_or_default();
     let (access_log, tracing) =
         f.get("observability").and_then(|(n, p)| decode_observability(d, n, &p)).unwrap_or((None, None));
     f.unsupported(d, "cluster", "`cluster`");
@@ -303,6 +307,7 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         auth,
         consumers,
         tracing,
+        protection,
     })
 }
 
@@ -935,6 +940,7 @@ fn decode_routes(
     path: &str,
     upstreams: &[(UpstreamConfig, Pos)],
     auth_config: &AuthConfig,
+    has_store: bool,
 ) -> Vec<RouteConfig> {
     let mut out = Vec::new();
     let mut names: HashMap<String, ()> = HashMap::new();
@@ -982,7 +988,15 @@ fn decode_routes(
         {
             d.err(item.pos, &join(&ip, "rate_limit.key"), "`key: consumer` needs a route with `auth`");
         }
-        f.unsupported(d, "quota", "`quota`");
+        let quota = f.get("quota").and_then(|(n, p)| protection::decode_quota(d, n, &p).map(|q| (q, n.pos, p)));
+        if let Some((q, pos, p)) = &quota {
+            if q.key == RateKey::Consumer && auth.is_none() {
+                d.err(*pos, &join(p, "key"), "`key: consumer` needs a route with `auth`");
+            }
+            if !has_store {
+                d.err(*pos, p, "quotas are kept in the store: set `node.store` (like sqlite://portcullis.db)");
+            }
+        }
         f.unsupported(d, "contract", "contract validation (`contract`)");
         f.unsupported(d, "version", "API versions (`version`)");
         f.finish(d);
@@ -1016,6 +1030,7 @@ fn decode_routes(
                 auth: if public == Some(true) { Vec::new() } else { auth.map(|(a, _)| a).unwrap_or_default() },
                 allow: allow.map(|(a, _)| a).unwrap_or_default(),
                 rate_limit,
+                quota: quota.map(|(q, ..)| q),
                 retry_non_idempotent,
             });
         }
@@ -1026,21 +1041,7 @@ fn decode_routes(
 fn decode_rate_limit(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<RateLimitConfig> {
     let mut f = Fields::new(d, node, path)?;
     let key = match f.get("key") {
-        Some((n, p)) => scalar(d, n, &p).and_then(|s| match s {
-            "consumer" => Some(RateKey::Consumer),
-            "ip" => Some(RateKey::Ip),
-            h if h.starts_with("header:") => match HeaderName::from_bytes(&h.as_bytes()["header:".len()..]) {
-                Ok(name) => Some(RateKey::Header(name)),
-                Err(_) => {
-                    d.err(n.pos, &p, format!("invalid header name in `{h}`"));
-                    None
-                }
-            },
-            other => {
-                d.err(n.pos, &p, format!("unknown key `{other}`; expected consumer, ip or header:NAME"));
-                None
-            }
-        }),
+        Some((n, p)) => rate_key(d, n, &p),
         None => Some(RateKey::Ip),
     };
     let per_second = match f.get("rate") {
@@ -1080,6 +1081,40 @@ fn decode_rate_limit(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Rat
     // Default burst: one second's worth (at least 1).
     let burst = burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u64);
     Some(RateLimitConfig { key: key?, per_second, burst, max_keys })
+}
+
+/// `key: consumer | ip | header:NAME` of a rate limit or quota.
+fn rate_key(d: &mut Decoder<'_>, n: &Node, p: &str) -> Option<RateKey> {
+    scalar(d, n, p).and_then(|s| match s {
+        "consumer" => Some(RateKey::Consumer),
+        "ip" => Some(RateKey::Ip),
+        h if h.starts_with("header:") => match HeaderName::from_bytes(&h.as_bytes()["header:".len()..]) {
+            Ok(name) => Some(RateKey::Header(name)),
+            Err(_) => {
+                d.err(n.pos, p, format!("invalid header name in `{h}`"));
+                None
+            }
+        },
+        other => {
+            d.err(n.pos, p, format!("unknown key `{other}`; expected consumer, ip or header:NAME"));
+            None
+        }
+    })
+}
+
+/// A list of addresses or CIDR networks (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).
+fn nets(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for (i, item) in seq(d, node, path).iter().enumerate() {
+        let ip = format!("{path}[{i}]");
+        let Some(s) = scalar(d, item, &ip) else { continue };
+        let net = s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => d.err(item.pos, &ip, format!("expected an address or CIDR like 10.0.0.0/8, found `{s}`")),
+        }
+    }
+    out
 }
 
 type Match = (Option<HostPattern>, PathPattern, Vec<Method>, Vec<(HeaderName, HeaderValue)>);

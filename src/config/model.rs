@@ -30,6 +30,105 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `consumers:` declared in the file (GitOps), next to those in the store.
     pub consumers: Vec<ConsumerConfig>,
+    /// `protection:`: automated bans and IP rules.
+    pub protection: ProtectionConfig,
+}
+
+/// `protection:`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProtectionConfig {
+    /// `protection.bans`: detection rules and the bans they impose.
+    pub bans: Vec<BanRule>,
+    /// `protection.ip_rules.allow`: when not empty, only these networks may connect.
+    pub ip_allow: Vec<ipnet::IpNet>,
+    /// `protection.ip_rules.deny`: these networks may not connect (wins over `allow`).
+    pub ip_deny: Vec<ipnet::IpNet>,
+    /// `protection.exempt`: networks no ban rule ever bans (monitoring, own proxies).
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
+impl ProtectionConfig {
+    /// Whether `ip` may connect under `ip_rules`.
+    pub fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
+        (self.ip_allow.is_empty() || self.ip_allow.iter().any(|n| n.contains(&ip)))
+            && !self.ip_deny.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// One `protection.bans[]` rule: `threshold` events of kind `on` by one key within `window`
+/// ban that key for `ban_for` (doubled for each repeat offence, at most `max_ban_for`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanRule {
+    /// What is counted.
+    pub on: BanTrigger,
+    /// Events within `window` that trigger the ban.
+    pub threshold: u32,
+    /// The sliding window.
+    pub window: Duration,
+    /// The first ban's length.
+    pub ban_for: Duration,
+    /// The longest a repeat ban grows to (default 24h).
+    pub max_ban_for: Duration,
+    /// Whose events are counted and who is banned.
+    pub key: BanKeyKind,
+    /// Keys tracked at most (default 100,000).
+    pub max_keys: usize,
+}
+
+/// `bans[].on`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanTrigger {
+    /// Bad credentials (401 for an invalid key or token; a missing one does not count).
+    AuthFailures,
+    /// 404 answers (the gateway's or the upstream's).
+    NotFound,
+    /// 429 answers of route rate limits.
+    RateLimited,
+    /// 403 answers of `allow` rules.
+    Denied,
+}
+
+impl BanTrigger {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            BanTrigger::AuthFailures => "auth_failures",
+            BanTrigger::NotFound => "not_found",
+            BanTrigger::RateLimited => "rate_limited",
+            BanTrigger::Denied => "denied",
+        }
+    }
+}
+
+/// `bans[].key`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanKeyKind {
+    /// The client's IP address.
+    Ip,
+    /// The authenticated consumer.
+    Consumer,
+}
+
+/// `routes[].quota`: requests per consumer (or IP, or header value) per calendar period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaConfig {
+    /// Whose quota a request counts against.
+    pub key: RateKey,
+    /// Requests per period.
+    pub limit: u64,
+    /// The period (UTC calendar day or month).
+    pub period: QuotaPeriod,
+    /// Keys held in memory at most (default 100,000; the store holds them all).
+    pub max_keys: usize,
+}
+
+/// `quota.period`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    /// A UTC calendar day.
+    Day,
+    /// A UTC calendar month.
+    Month,
 }
 
 /// `node.store`: where consumers, keys and other state live.
@@ -525,6 +624,8 @@ pub struct RouteConfig {
     pub allow: Vec<AllowRule>,
     /// `rate_limit`, if any.
     pub rate_limit: Option<RateLimitConfig>,
+    /// `quota`, if any.
+    pub quota: Option<QuotaConfig>,
     /// `retry_non_idempotent: true`: failed POST/PATCH (and other non-idempotent) requests
     /// may be retried like GETs. Off by default.
     pub retry_non_idempotent: bool,

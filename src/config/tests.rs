@@ -81,11 +81,11 @@ routes:
 
 #[test]
 fn unsupported_sections_are_refused_not_ignored() {
-    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\nprotection: {}\n";
+    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\ncluster: {}\n";
     let e = errors(src);
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("listeners[0].tls: TLS termination (`tls`) is not supported yet"), "{e:?}");
-    assert!(e[1].starts_with("gw.yaml:3:1: protection:"), "{e:?}");
+    assert!(e[1].starts_with("gw.yaml:3:1: cluster:"), "{e:?}");
 }
 
 const BASE: &str = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nupstreams: [{ name: u, targets: [{url: \"http://127.0.0.1:2\"}] }]\n";
@@ -402,4 +402,48 @@ fn rate_limit_settings() {
         "{e:?}"
     );
     assert!(parse("gw.yaml", &route("{ key: consumer, rate: 1/h, burst: 5 }", "auth: [api_key]")).is_ok());
+}
+
+#[test]
+fn protection_rules_decode_and_bad_ones_are_located() {
+    let ok = format!(
+        "{BASE}protection:\n  bans:\n    - {{ on: auth_failures, threshold: 20, window: 1m, ban_for: 15m }}\n    - {{ on: not_found, threshold: 200, window: 1m, ban_for: 5m, max_ban_for: 1h, key: ip }}\n  ip_rules: {{ allow: [10.0.0.0/8, \"2001:db8::/32\"], deny: [10.9.9.9] }}\n  exempt: [10.1.0.0/16]\n"
+    );
+    let cfg = crate::config::parse("gw.yaml", &ok).expect("valid");
+    let p = &cfg.protection;
+    assert_eq!(p.bans.len(), 2);
+    assert_eq!(p.bans[0].on, BanTrigger::AuthFailures);
+    assert_eq!(p.bans[0].max_ban_for, std::time::Duration::from_secs(86_400));
+    assert_eq!(p.bans[1].max_ban_for, std::time::Duration::from_secs(3_600));
+    assert!(p.ip_allowed("10.1.2.3".parse().expect("ip")));
+    assert!(!p.ip_allowed("10.9.9.9".parse().expect("ip")), "deny wins over allow");
+    assert!(!p.ip_allowed("192.0.2.1".parse().expect("ip")), "outside allow");
+    assert!(p.ip_allowed("2001:db8::1".parse().expect("ip")));
+
+    let bad = format!(
+        "{BASE}protection:\n  bans:\n    - {{ on: bad_vibes, threshold: 0, window: 2d, ban_for: 15m }}\n    - {{ on: auth_failures, threshold: 3, window: 1m, ban_for: 1m, key: consumer }}\n  ip_rules: {{ deny: [300.1.1.1] }}\n"
+    );
+    let e = errors(&bad);
+    assert!(e.iter().any(|m| m.contains("protection.bans[0].on: unknown event `bad_vibes`")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("protection.bans[0].threshold: expected a whole number from 1")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("protection.bans[0].window: at most 86400s")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("protection.bans[1].key: a failed authentication has no consumer")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("protection.ip_rules.deny[0]: expected an address or CIDR")), "{e:?}");
+}
+
+#[test]
+fn quotas_need_a_store_and_a_known_period() {
+    let route = "routes: [{ name: r, match: { prefix: / }, upstream: u, auth: [api_key], quota: { limit: 1000, period: month } }]\n";
+    let e = errors(&format!("{BASE}{route}"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("routes[0].quota: quotas are kept in the store"), "{e:?}");
+    let with_store =
+        format!("version: 1\nnode: {{ store: \"sqlite://x.db\" }}\n{}{route}", &BASE["version: 1\n".len()..]);
+    let cfg = crate::config::parse("gw.yaml", &with_store).expect("valid");
+    let q = cfg.routes[0].quota.as_ref().expect("quota");
+    assert_eq!((q.limit, q.period, &q.key), (1000, QuotaPeriod::Month, &RateKey::Consumer));
+    let e = errors(&with_store.replace("period: month", "period: fortnight"));
+    assert!(e.iter().any(|m| m.contains("routes[0].quota.period: unknown period `fortnight`")), "{e:?}");
+    let e = errors(&with_store.replace("auth: [api_key]", "public: true"));
+    assert!(e.iter().any(|m| m.contains("routes[0].quota.key: `key: consumer` needs a route with `auth`")), "{e:?}");
 }

@@ -232,8 +232,20 @@ impl EventSink for Audit {
                 &consumer.map_or_else(|| client.to_string(), str::to_string),
                 serde_json::json!({ "route": route, "client": client.to_string() }),
             ),
+            SecurityEvent::Banned { key, reason, until_ms, offences, by } => self.record_limited(
+                "ban",
+                by,
+                serde_json::json!({ "key": key, "reason": reason, "until_ms": until_ms, "offences": offences }),
+            ),
+            SecurityEvent::Unbanned { key, by, was_banned } => {
+                self.record("unban", by, serde_json::json!({ "key": key, "was_banned": was_banned }))
+            }
             // Counted and logged; a flood of them is no audit trail.
-            SecurityEvent::Auth { .. } | SecurityEvent::Limited { .. } => {}
+            SecurityEvent::Auth { .. }
+            | SecurityEvent::Limited { .. }
+            | SecurityEvent::NotFound { .. }
+            | SecurityEvent::Blocked { .. }
+            | SecurityEvent::QuotaExceeded { .. } => {}
         }
     }
 }

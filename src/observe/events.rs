@@ -1,7 +1,8 @@
 //! Security events: every authentication outcome and every authorisation refusal, published
 //! to the sinks that care — counted for `/metrics`, logged (failures, with a bound on lines
 //! per second so an attack cannot flood the log), and handed to any subscriber (automated
-//! bans and the audit log subscribe here).
+//! bans and the audit log subscribe here). Blocks, bans and quota refusals are published here
+//! too.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -64,7 +65,69 @@ pub enum SecurityEvent<'a> {
         /// The consumer, when known.
         consumer: Option<&'a str>,
     },
+    /// A 404 answer (fed to ban rules; not logged: the access log has it).
+    NotFound {
+        /// Client address.
+        client: IpAddr,
+        /// The consumer, when known.
+        consumer: Option<&'a str>,
+    },
+    /// A connection (at accept) or a request was refused by a ban, an IP rule or a cap.
+    Blocked {
+        /// Client address.
+        client: IpAddr,
+        /// Why.
+        reason: BlockReason,
+        /// At accept (no HTTP read) rather than per request.
+        at_accept: bool,
+    },
+    /// A key was banned.
+    Banned {
+        /// `ip:ADDRESS` or `consumer:NAME`.
+        key: &'a str,
+        /// Why.
+        reason: &'a str,
+        /// When it ends (Unix ms).
+        until_ms: i64,
+        /// The how-manieth ban in a row.
+        offences: u32,
+        /// `rule`, or the operator's channel (`admin`).
+        by: &'a str,
+    },
+    /// An operator lifted a ban.
+    Unbanned {
+        /// `ip:ADDRESS` or `consumer:NAME`.
+        key: &'a str,
+        /// The operator's channel (`admin`).
+        by: &'a str,
+        /// Whether a ban was in force.
+        was_banned: bool,
+    },
+    /// A request over its route's quota.
+    QuotaExceeded {
+        /// Client address.
+        client: IpAddr,
+        /// Route name.
+        route: &'a str,
+        /// The consumer, when known.
+        consumer: Option<&'a str>,
+    },
 }
+
+/// Why a connection or request was refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockReason {
+    /// The client IP (or, per request, the consumer) is banned.
+    Banned,
+    /// `protection.ip_rules` refuse the client's address.
+    IpRule,
+    /// The listener's `max_connections` is reached.
+    Connections,
+    /// The client's `max_connections_per_ip` is reached.
+    ConnectionsPerIp,
+}
+
+const BLOCK_REASONS: [&str; 4] = ["banned", "ip_rule", "max_connections", "max_connections_per_ip"];
 
 /// Something that wants security events (called on the request path: be quick, never block).
 pub trait EventSink: Send + Sync + fmt::Debug {
@@ -80,6 +143,9 @@ const LOG_PER_SECOND: u64 = 50;
 pub struct Events {
     auth: [[AtomicU64; OUTCOMES.len()]; METHODS.len()],
     denied: AtomicU64,
+    /// Refusals by reason, at accept (0) and per request (1).
+    blocked: [[AtomicU64; 2]; BLOCK_REASONS.len()],
+    quota_exceeded: AtomicU64,
     log: super::budget::PerSecond,
     sinks: ArcSwap<Vec<Arc<dyn EventSink>>>,
 }
@@ -121,6 +187,30 @@ impl Events {
                     tracing::info!(target: "portcullis::security", event = "access_denied", %client, route, consumer, "Access denied by allow rules");
                 }
             }
+            SecurityEvent::NotFound { .. } => {}
+            SecurityEvent::Blocked { client, reason, at_accept } => {
+                self.blocked[reason as usize][usize::from(!at_accept)].fetch_add(1, Ordering::Relaxed);
+                if self.may_log() {
+                    let reason = BLOCK_REASONS[reason as usize];
+                    let stage = if at_accept { "accept" } else { "request" };
+                    tracing::info!(target: "portcullis::security", event = "blocked", %client, reason, stage, "Client refused");
+                }
+            }
+            SecurityEvent::Banned { key, reason, until_ms, offences, by } => {
+                // Always logged: bans are what an operator must see (and are bounded by the
+                // ban table).
+                let secs = (until_ms - crate::protect::bans::now_ms()).max(0) / 1000;
+                tracing::warn!(target: "portcullis::security", event = "banned", key, reason, ban_seconds = secs, offences, by, "Banned");
+            }
+            SecurityEvent::Unbanned { key, by, was_banned } => {
+                tracing::warn!(target: "portcullis::security", event = "unbanned", key, by, was_banned, "Ban lifted");
+            }
+            SecurityEvent::QuotaExceeded { client, route, consumer } => {
+                self.quota_exceeded.fetch_add(1, Ordering::Relaxed);
+                if self.may_log() {
+                    tracing::info!(target: "portcullis::security", event = "quota_exceeded", %client, route, consumer, "Quota exceeded");
+                }
+            }
         }
         for s in self.sinks.load().iter() {
             s.publish(e);
@@ -154,6 +244,26 @@ impl Events {
             "Requests refused by allow rules (403).",
             "counter",
             [(String::new(), self.denied.load(Ordering::Relaxed))],
+        );
+        family(
+            out,
+            "portcullis_blocked_total",
+            "Connections (stage=accept) and requests (stage=request) refused by bans, IP rules and connection caps.",
+            "counter",
+            BLOCK_REASONS.iter().enumerate().flat_map(|(r, reason)| {
+                ["accept", "request"].into_iter().enumerate().filter(move |(s, _)| r < 2 || *s == 0).map(
+                    move |(s, stage)| {
+                        (format!("reason=\"{reason}\",stage=\"{stage}\""), self.blocked[r][s].load(Ordering::Relaxed))
+                    },
+                )
+            }),
+        );
+        family(
+            out,
+            "portcullis_quota_exceeded_total",
+            "Requests refused (429) because their quota for the period was used up.",
+            "counter",
+            [(String::new(), self.quota_exceeded.load(Ordering::Relaxed))],
         );
     }
 }

@@ -1,4 +1,5 @@
-//! Rate limits: GCRA (the generic cell rate algorithm) over a bounded, sharded key table.
+//! Rate limits: GCRA (the generic cell rate algorithm) over a bounded, sharded key table;
+//! quotas per calendar period are in [`quota`].
 //!
 //! A limit of `rate` per second with `burst` lets a key spend up to `burst` requests at once
 //! and then one every `1/rate` seconds. Each key's whole state is one number, its theoretical
@@ -7,6 +8,8 @@
 //! shard first forgets keys whose bucket is full again (they are the same as absent), then
 //! the one of a few sampled keys that would be full soonest — so rotating keys cannot grow
 //! the table, only push out idle or nearly idle keys.
+
+pub mod quota;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

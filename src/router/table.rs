@@ -290,6 +290,7 @@ mod tests {
             auth: Vec::new(),
             allow: Vec::new(),
             rate_limit: None,
+            quota: None,
             retry_non_idempotent: false,
         }
     }

@@ -30,9 +30,10 @@ use crate::health::HealthCache;
 use crate::observe::access::AccessLog;
 use crate::observe::audit::Audit;
 use crate::observe::events::Events;
+use crate::observe::events::{BlockReason, SecurityEvent};
 use crate::observe::metrics::{Metrics, RouteMetrics, family, label_value, write_process};
 use crate::observe::trace::{Counters as TraceCounters, Tracer};
-use crate::protect::ConnLimiter;
+use crate::protect::{ConnLimiter, Refused};
 use crate::router::Table;
 use crate::store::Store;
 use crate::upstream::{PoolCache, Upstream, Upstreams};
@@ -66,6 +67,8 @@ pub struct Snapshot {
     pub(crate) tracer: Option<Arc<Tracer>>,
     /// Each route's rate limiter, indexed like `config.routes`.
     pub(crate) limiters: Vec<Option<Arc<crate::ratelimit::Limiter>>>,
+    /// Each route's quota, indexed like `config.routes`.
+    pub(crate) quotas: Vec<Option<Arc<crate::ratelimit::quota::Quota>>>,
     /// The protected routes with lower-case patterns, when public routes exist next to them:
     /// a public route's request whose loose spelling they match is refused.
     pub(crate) shadow: Option<Table>,
@@ -95,6 +98,7 @@ impl Snapshot {
         let access_log = inner.access_log(config.access_log.as_ref());
         let tracer = inner.tracer(config.tracing.as_ref());
         let limiters = inner.limiters(&config.routes);
+        let quotas = inner.quotas.for_routes(&config.routes);
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
         let upstream_names = config.upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
         Ok(Snapshot {
@@ -111,6 +115,7 @@ impl Snapshot {
             shadow,
             tracer,
             limiters,
+            quotas,
         })
     }
 }
@@ -128,7 +133,11 @@ pub(crate) struct Shared {
     /// The running access log, reused by a reload that keeps its settings.
     access_log: Mutex<Option<Arc<AccessLog>>>,
     /// Security events (authentication outcomes, refusals) and their subscribers.
-    pub(crate) events: Events,
+    pub(crate) events: Arc<Events>,
+    /// Bans, IP rules and the detector (subscribed to `events`).
+    pub(crate) protection: Arc<crate::protect::Protection>,
+    /// Quota counters, written to the store by a task.
+    pub(crate) quotas: Arc<crate::ratelimit::quota::Quotas>,
     /// The audit log's recorder (writes into the store, when there is one).
     pub(crate) audit: Arc<Audit>,
     /// The running span exporter, reused by a reload that keeps its settings.
@@ -160,6 +169,7 @@ impl Shared {
             }
             self.directory.store(Arc::new(Directory::default()));
             self.audit.set_store(None);
+            self.quotas.set_store(None);
             return Ok(());
         };
         let store = crate::store::open(url).await.map_err(GatewayStartError::Store)?;
@@ -168,7 +178,10 @@ impl Shared {
         self.directory.store(Arc::new(Directory::from_store(&ids)));
         let stop = self.shutdown.child_token();
         tokio::spawn(crate::auth::directory::sync(store.clone(), self.directory.clone(), stop.clone()));
+        tokio::spawn(crate::protect::bans::sync(store.clone(), self.protection.bans.clone(), stop.clone()));
+        tokio::spawn(crate::ratelimit::quota::flusher(store.clone(), self.quotas.clone(), stop.clone()));
         self.audit.set_store(Some(store.clone()));
+        self.quotas.set_store(Some(store.clone()));
         if let Some((_, _, old)) = cur.replace((url.clone(), store, stop)) {
             old.cancel();
         }
@@ -332,6 +345,20 @@ impl crate::admin::Node for NodeView {
         audit.record_admin(allowed, "admin_access", actor, detail);
     }
 
+    fn bans(&self) -> Vec<crate::store::BanRecord> {
+        self.0.shared.protection.bans.list(crate::protect::bans::now_ms())
+    }
+
+    fn ban(&self, key: &str, len: Duration, reason: &str) -> Result<crate::store::BanRecord, String> {
+        let who = crate::protect::bans::Subject::parse(key).ok_or_else(|| bad_ban_key(key))?;
+        self.0.shared.protection.ban(who, reason, len, "admin").ok_or_else(|| "the ban table is full".to_string())
+    }
+
+    fn unban(&self, key: &str) -> Result<bool, String> {
+        let who = crate::protect::bans::Subject::parse(key).ok_or_else(|| bad_ban_key(key))?;
+        Ok(self.0.shared.protection.unban(who, "admin"))
+    }
+
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         self.0.shared.metrics.write_requests(&mut out);
@@ -417,6 +444,7 @@ impl crate::admin::Node for NodeView {
             targets().map(|(u, t)| (target(u, t), t.health.ejections_total)),
         );
         self.0.shared.events.write_metrics(&mut out);
+        self.0.shared.protection.write_metrics(&mut out);
         self.0.shared.audit.write_metrics(&mut out);
         family(
             &mut out,
@@ -472,6 +500,11 @@ impl crate::admin::Node for NodeView {
         write_process(&mut out, started);
         out
     }
+}
+
+fn bad_ban_key(key: &str) -> String {
+    let shown: String = key.chars().take(64).collect();
+    format!("`{shown}` is not a ban key: expected ip:ADDRESS, an address, or consumer:NAME")
 }
 
 /// A running gateway. Cheap to clone.
@@ -544,6 +577,10 @@ impl Gateway {
         let admin = admin_sock.as_ref().and_then(|s| s.local_addr().ok());
         let store = config.node.store.clone();
         shared.events.subscribe(shared.audit.clone());
+        shared.events.subscribe(shared.protection.clone());
+        shared.protection.attach(Arc::downgrade(&shared.events));
+        shared.protection.configure(&config.protection);
+        tokio::spawn(sweep_bans(shared.protection.bans.clone(), shared.shutdown.clone()));
         shared.audit.set_node(&config.node.name);
         let snapshot = Snapshot::build(1, config, &shared)?;
         shared.use_store(store.as_ref()).await?;
@@ -699,6 +736,7 @@ impl Gateway {
         let snap = Snapshot::build(version, config, &self.inner.shared)?;
         self.inner.shared.use_store(store.as_ref()).await?;
         self.inner.shared.audit.set_node(&node_name);
+        self.inner.shared.protection.configure(&snap.config.protection);
         self.inner.shared.clients.retain_used(&snap.upstreams);
         self.inner.shared.health.retain_used(snap.upstreams.iter().map(|u| u.health()));
         let old = self.inner.snapshot.swap(Arc::new(snap));
@@ -755,6 +793,9 @@ impl Gateway {
         // Closing the store checkpoints SQLite's write-ahead log into the database file.
         if let Some((_, store, stop)) = self.inner.shared.store.lock().await.take() {
             stop.cancel();
+            // Quota counts and bans still in memory go to the store first.
+            shared.quotas.flush(&*store).await;
+            shared.protection.bans.write_pending(&*store).await;
             store.close().await;
         }
         drained
@@ -763,6 +804,16 @@ impl Gateway {
     /// The config file this gateway reloads from.
     pub fn config_path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
+    }
+}
+
+/// Forget old bans and recount those in force, every second until `stop`.
+async fn sweep_bans(bans: Arc<crate::protect::bans::Bans>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => bans.sweep(crate::protect::bans::now_ms()),
+        }
     }
 }
 
@@ -792,10 +843,21 @@ async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpLis
             continue;
         };
         last_limits = Some(limits);
+        let client = peer.ip().to_canonical();
+        let events = &inner.shared.events;
+        if let Some(reason) = inner.shared.protection.refuse_ip(client, &snap.config.protection) {
+            events.publish(&SecurityEvent::Blocked { client, reason, at_accept: true });
+            crate::protect::refuse_connection(&stream);
+            continue;
+        }
         let permit = match limiter.acquire(peer.ip(), limits.max_connections, limits.max_connections_per_ip) {
             Ok(p) => p,
             Err(why) => {
-                tracing::debug!(listener = %name, client = %peer, reason = ?why, "Connection refused by limit");
+                let reason = match why {
+                    Refused::Listener => BlockReason::Connections,
+                    Refused::PerIp => BlockReason::ConnectionsPerIp,
+                };
+                events.publish(&SecurityEvent::Blocked { client, reason, at_accept: true });
                 continue;
             }
         };

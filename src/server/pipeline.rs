@@ -22,7 +22,7 @@ use crate::config::AuthMethod;
 use crate::config::ListenerLimits;
 use crate::error::{GatewayError, rescue};
 use crate::observe::access::{Record, clip_path, trace_id};
-use crate::observe::events::{AuthOutcome, SecurityEvent};
+use crate::observe::events::{AuthOutcome, BlockReason, SecurityEvent};
 use crate::observe::trace::{Span, TraceContext, now_ns};
 
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -76,6 +76,7 @@ struct Recorder<'a> {
     version: Version,
     snap: Arc<Snapshot>,
     metrics: &'a Metrics,
+    events: &'a crate::observe::events::Events,
     client: std::net::IpAddr,
     request_id: HeaderValue,
     trace: Option<[u8; 32]>,
@@ -99,6 +100,10 @@ impl Recorder<'_> {
             None => self.metrics.unmatched().clone(),
         };
         metrics.answered(&self.method, status);
+        if status == 404 {
+            let consumer = outcome.consumer.as_deref();
+            self.events.publish(&SecurityEvent::NotFound { client: self.client, consumer });
+        }
         if let Some(d) = outcome.upstream {
             metrics.upstream.observe(d);
         }
@@ -196,6 +201,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
             ..Outcome::default()
         },
         metrics: &ctx.gw.shared.metrics,
+        events: &ctx.gw.shared.events,
         client: ctx.peer.ip().to_canonical(),
         request_id: request_id.clone(),
         progress: progress.clone(),
@@ -371,6 +377,44 @@ fn rate_limit(
     })
 }
 
+/// The route's `quota`: count this request against its key's allowance for the period.
+async fn quota(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    idx: usize,
+    q: &crate::ratelimit::quota::Quota,
+    headers: &http::HeaderMap,
+    consumer: Option<&str>,
+) -> Result<crate::ratelimit::quota::Decision, GatewayError> {
+    let ip = ctx.peer.ip().to_canonical();
+    // A tag byte, then the consumer's name, the header's value, or the address's bytes.
+    let mut key = Vec::with_capacity(40);
+    match (q.key(), consumer) {
+        (crate::config::RateKey::Consumer, Some(c)) => {
+            key.push(b'c');
+            key.extend_from_slice(c.as_bytes());
+        }
+        (crate::config::RateKey::Header(h), _) if headers.contains_key(h) => {
+            key.push(b'h');
+            key.extend_from_slice(headers.get(h).map_or(&[][..], HeaderValue::as_bytes));
+        }
+        _ => {
+            key.push(b'i');
+            match ip {
+                std::net::IpAddr::V4(a) => key.extend_from_slice(&a.octets()),
+                std::net::IpAddr::V6(a) => key.extend_from_slice(&a.octets()),
+            }
+        }
+    }
+    let d = ctx.gw.shared.quotas.check(q, &key, crate::store::now()).await;
+    if d.allowed {
+        return Ok(d);
+    }
+    let route = snap.route_names.get(idx).map_or("", |n| &**n);
+    ctx.gw.shared.events.publish(&SecurityEvent::QuotaExceeded { client: ip, route, consumer });
+    Err(GatewayError::QuotaExceeded { limit: d.limit, reset_secs: d.reset_secs })
+}
+
 async fn proxy(
     ctx: &ConnCtx,
     snap: &Snapshot,
@@ -381,6 +425,14 @@ async fn proxy(
     outcome: &mut Outcome,
 ) -> Result<Response<GwBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
+
+    // protect: bans and IP rules (for connections opened before a ban or a reload)
+    let client = ctx.peer.ip().to_canonical();
+    let shared = &ctx.gw.shared;
+    if let Some(reason) = shared.protection.refuse_ip(client, &snap.config.protection) {
+        shared.events.publish(&SecurityEvent::Blocked { client, reason, at_accept: false });
+        return Err(GatewayError::Blocked);
+    }
 
     // protect: framing and size, before anything else reads the request
     let declared = content_length(&parts.headers)?;
@@ -422,9 +474,19 @@ async fn proxy(
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
     snap.auth.strip_identity(&mut parts.headers);
     let hide_key_param = identify(ctx, snap, idx, &mut parts.headers, parts.uri.query(), request_id, outcome).await?;
+    if let Some(c) = outcome.consumer.as_deref()
+        && shared.protection.consumer_banned(c)
+    {
+        shared.events.publish(&SecurityEvent::Blocked { client, reason: BlockReason::Banned, at_accept: false });
+        return Err(GatewayError::Blocked);
+    }
     if let Some(limiter) = snap.limiters.get(idx).and_then(Option::as_ref) {
         rate_limit(ctx, snap, idx, limiter, &parts.headers, outcome.consumer.as_deref())?;
     }
+    let quota = match snap.quotas.get(idx).and_then(Option::as_ref) {
+        Some(q) => Some(quota(ctx, snap, idx, q, &parts.headers, outcome.consumer.as_deref()).await?),
+        None => None,
+    };
 
     // An API key sent as a query parameter does not travel on.
     let key_param =
@@ -493,6 +555,9 @@ async fn proxy(
     let (mut rp, rb) = res.into_parts();
     strip_hop_by_hop(&mut rp.headers);
     rp.headers.insert(X_REQUEST_ID, request_id.clone());
+    if let Some(d) = quota {
+        crate::error::set_quota_headers(&mut rp.headers, d.limit, d.remaining, d.reset_secs);
+    }
     rp.version = Version::HTTP_11;
     Ok(Response::from_parts(rp, GwBody::upstream(rb, loan, upstream.idle_timeout())))
 }

@@ -1,5 +1,5 @@
-//! The store: durable state that is not config — consumers and API keys (later bans, quotas,
-//! the audit log and config history).
+//! The store: durable state that is not config — consumers and API keys, bans, quota usage,
+//! the audit log (later config history).
 //!
 //! Owns the [`Store`] trait every backend implements, the record types, and [`open`], which
 //! picks the backend from `node.store`. SQLite ([`sqlite`]) is the embedded backend; a
@@ -82,6 +82,34 @@ pub struct Identities {
     pub generation: i64,
 }
 
+/// A ban in force (or remembered after it ended, for repeat offences).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BanRecord {
+    /// What is banned: `ip:ADDRESS` or `consumer:NAME`.
+    pub key: String,
+    /// Why (the rule that fired, or an operator's words).
+    pub reason: String,
+    /// When it began (Unix milliseconds).
+    pub created_ms: i64,
+    /// When it ends (Unix milliseconds).
+    pub until_ms: i64,
+    /// How many bans this key has had in a row (the ban length doubles with each).
+    pub offences: u32,
+}
+
+/// Requests to add to one quota counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaDelta {
+    /// Route name.
+    pub route: String,
+    /// The quota key as text (`consumer:NAME`, `ip:ADDRESS`, `header:VALUE`).
+    pub key: String,
+    /// Start of the period (Unix seconds).
+    pub period: i64,
+    /// Requests to add.
+    pub delta: u64,
+}
+
 /// A backend for durable state.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Add a consumer; [`StoreError::Exists`] if the name is taken.
@@ -106,6 +134,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn audit_after(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<audit::AuditRecord>>;
     /// The newest `n` audit records, oldest first.
     fn audit_last(&self, n: u32) -> StoreFuture<'_, Vec<audit::AuditRecord>>;
+    /// Record (or replace) the ban of `ban.key` and forget bans that ended before
+    /// `forget_before_ms`; the new bans generation.
+    fn put_ban<'a>(&'a self, ban: &'a BanRecord, forget_before_ms: i64) -> StoreFuture<'a, i64>;
+    /// Lift and forget the ban of `key`: whether there was one, and the new bans generation.
+    fn remove_ban<'a>(&'a self, key: &'a str) -> StoreFuture<'a, (bool, i64)>;
+    /// Bans ending after `until_after_ms` (longest first), with the generation they were read at.
+    fn bans(&self, until_after_ms: i64) -> StoreFuture<'_, (Vec<BanRecord>, i64)>;
+    /// A number that changes whenever bans change.
+    fn bans_generation(&self) -> StoreFuture<'_, i64>;
+    /// Requests counted against a quota key in one period.
+    fn quota_used<'a>(&'a self, route: &'a str, key: &'a str, period: i64) -> StoreFuture<'a, u64>;
+    /// Add requests to quota counters (in one transaction).
+    fn add_quota_usage<'a>(&'a self, deltas: &'a [QuotaDelta]) -> StoreFuture<'a, ()>;
     /// Close every connection (waiting for ones in use), flushing what the backend buffers.
     fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }

@@ -12,7 +12,7 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::audit::{AuditEvent, AuditRecord, chain_hash};
-use super::{Consumer, Identities, KeyRecord, Store, StoreError, StoreFuture, now};
+use super::{BanRecord, Consumer, Identities, KeyRecord, QuotaDelta, Store, StoreError, StoreFuture, now};
 
 /// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -45,9 +45,30 @@ CREATE TABLE audit (
     hash    BLOB NOT NULL
 );
 "#,
+    r#"
+INSERT INTO meta (key, value) VALUES ('bans_generation', 0);
+CREATE TABLE bans (
+    key      TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL,
+    created  INTEGER NOT NULL,
+    until    INTEGER NOT NULL,
+    offences INTEGER NOT NULL
+);
+CREATE INDEX bans_until ON bans(until);
+CREATE TABLE quota_usage (
+    route  TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    period INTEGER NOT NULL,
+    used   INTEGER NOT NULL,
+    PRIMARY KEY (route, key, period)
+);
+"#,
 ];
 
 const BUMP: &str = "UPDATE meta SET value = value + 1 WHERE key = 'generation'";
+const BUMP_BANS: &str = "UPDATE meta SET value = value + 1 WHERE key = 'bans_generation' RETURNING value";
+/// Quota rows older than this (seconds) are deleted when usage is written.
+const QUOTA_KEEP: i64 = 62 * 24 * 3600;
 
 /// A SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -130,7 +151,112 @@ fn audit_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, StoreError> {
     })
 }
 
+fn ban_row(row: &sqlx::sqlite::SqliteRow) -> Result<BanRecord, StoreError> {
+    let offences: i64 = row.try_get("offences")?;
+    Ok(BanRecord {
+        key: row.try_get("key")?,
+        reason: row.try_get("reason")?,
+        created_ms: row.try_get("created")?,
+        until_ms: row.try_get("until")?,
+        offences: u32::try_from(offences).unwrap_or(u32::MAX),
+    })
+}
+
 impl Store for SqliteStore {
+    fn put_ban<'a>(&'a self, ban: &'a BanRecord, forget_before_ms: i64) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query(
+                "INSERT INTO bans (key, reason, created, until, offences) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (key) DO UPDATE SET reason = excluded.reason, created = excluded.created, \
+                 until = excluded.until, offences = excluded.offences",
+            )
+            .bind(&ban.key)
+            .bind(&ban.reason)
+            .bind(ban.created_ms)
+            .bind(ban.until_ms)
+            .bind(i64::from(ban.offences))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM bans WHERE until < $1").bind(forget_before_ms).execute(&mut *tx).await?;
+            let generation: i64 = sqlx::query(BUMP_BANS).fetch_one(&mut *tx).await?.try_get(0)?;
+            tx.commit().await?;
+            Ok(generation)
+        })
+    }
+
+    fn remove_ban<'a>(&'a self, key: &'a str) -> StoreFuture<'a, (bool, i64)> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let done = sqlx::query("DELETE FROM bans WHERE key = $1").bind(key).execute(&mut *tx).await?;
+            let generation: i64 = sqlx::query(BUMP_BANS).fetch_one(&mut *tx).await?.try_get(0)?;
+            tx.commit().await?;
+            Ok((done.rows_affected() > 0, generation))
+        })
+    }
+
+    fn bans(&self, until_after_ms: i64) -> StoreFuture<'_, (Vec<BanRecord>, i64)> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let generation: i64 = sqlx::query("SELECT value FROM meta WHERE key = 'bans_generation'")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let rows = sqlx::query(
+                "SELECT key, reason, created, until, offences FROM bans WHERE until > $1 ORDER BY until DESC, key",
+            )
+            .bind(until_after_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok((rows.iter().map(ban_row).collect::<Result<_, _>>()?, generation))
+        })
+    }
+
+    fn bans_generation(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT value FROM meta WHERE key = 'bans_generation'").fetch_one(&self.pool).await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    fn quota_used<'a>(&'a self, route: &'a str, key: &'a str, period: i64) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT used FROM quota_usage WHERE route = $1 AND key = $2 AND period = $3")
+                .bind(route)
+                .bind(key)
+                .bind(period)
+                .fetch_optional(&self.pool)
+                .await?;
+            let used: i64 = match row {
+                Some(r) => r.try_get(0)?,
+                None => 0,
+            };
+            Ok(u64::try_from(used).unwrap_or(0))
+        })
+    }
+
+    fn add_quota_usage<'a>(&'a self, deltas: &'a [QuotaDelta]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            for q in deltas {
+                sqlx::query(
+                    "INSERT INTO quota_usage (route, key, period, used) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (route, key, period) DO UPDATE SET used = used + excluded.used",
+                )
+                .bind(&q.route)
+                .bind(&q.key)
+                .bind(q.period)
+                .bind(i64::try_from(q.delta).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM quota_usage WHERE period < $1").bind(now() - QUOTA_KEEP).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     fn append_audit<'a>(&'a self, e: &'a AuditEvent) -> StoreFuture<'a, AuditRecord> {
         Box::pin(async move {
             // IMMEDIATE: the node and CLI commands append to one chain, one at a time.

@@ -667,15 +667,7 @@ fn decode_rule(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AllowRule
         d.err(n.pos, &p, "expected a mapping of claim names to accepted values");
     }
     if let Some((n, p)) = f.get("ips") {
-        for (i, item) in seq(d, n, &p).iter().enumerate() {
-            let ip = format!("{p}[{i}]");
-            let Some(s) = scalar(d, item, &ip) else { continue };
-            let net = s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match net {
-                Ok(net) => r.ips.push(net.trunc()),
-                Err(_) => d.err(item.pos, &ip, format!("expected an address or CIDR like 10.0.0.0/8, found `{s}`")),
-            }
-        }
+        r.ips = nets(d, n, &p);
     }
     f.finish(d);
     if r == AllowRule::default() {

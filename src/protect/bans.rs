@@ -1,0 +1,422 @@
+//! Bans in force: client IPs and consumers refused until a time, and the memory of past
+//! bans that makes a repeat offender's next ban twice as long.
+//!
+//! Owns the in-memory ban table (read at accept and per request, so a check is one atomic
+//! load while nothing is banned), its bound, and its persistence: new bans and lifts are
+//! queued for the store and written by [`sync`], which also picks up bans lifted or added
+//! by other writers (the CLI working on the store) within a second.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{BanRecord, Store};
+
+/// How long an ended ban is remembered: a key banned again within this time gets double.
+pub const REPEAT_MEMORY_MS: i64 = 24 * 3600 * 1000;
+/// Most keys banned (or remembered) at once; beyond it, new bans are not imposed (counted).
+pub const MAX_BANS: usize = 200_000;
+/// Most ban writes waiting for the store.
+const MAX_PENDING: usize = 10_000;
+/// How often the store is written and read.
+const SYNC_EVERY: Duration = Duration::from_millis(250);
+
+/// Who a ban is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// A client address.
+    Ip(IpAddr),
+    /// An authenticated consumer.
+    Consumer(&'a str),
+}
+
+impl<'a> Subject<'a> {
+    /// `ip:ADDRESS`, `consumer:NAME`, or a bare address.
+    pub fn parse(s: &'a str) -> Option<Subject<'a>> {
+        if let Some(name) = s.strip_prefix("consumer:") {
+            return (!name.is_empty() && name.len() <= 256).then_some(Subject::Consumer(name));
+        }
+        let ip = s.strip_prefix("ip:").unwrap_or(s);
+        ip.parse::<IpAddr>().ok().map(|a| Subject::Ip(a.to_canonical()))
+    }
+}
+
+impl fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Ip(a) => write!(f, "ip:{a}"),
+            Subject::Consumer(n) => write!(f, "consumer:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    reason: Box<str>,
+    created_ms: i64,
+    until_ms: i64,
+    offences: u32,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    ips: HashMap<IpAddr, Entry>,
+    consumers: HashMap<Box<str>, Entry>,
+}
+
+impl Tables {
+    fn len(&self) -> usize {
+        self.ips.len() + self.consumers.len()
+    }
+
+    fn get_mut(&mut self, s: Subject<'_>) -> Option<&mut Entry> {
+        match s {
+            Subject::Ip(a) => self.ips.get_mut(&a),
+            Subject::Consumer(n) => self.consumers.get_mut(n),
+        }
+    }
+
+    fn insert(&mut self, s: Subject<'_>, e: Entry) {
+        match s {
+            Subject::Ip(a) => self.ips.insert(a, e),
+            Subject::Consumer(n) => self.consumers.insert(Box::from(n), e),
+        };
+    }
+
+    fn remove(&mut self, s: Subject<'_>) -> Option<Entry> {
+        match s {
+            Subject::Ip(a) => self.ips.remove(&a),
+            Subject::Consumer(n) => self.consumers.remove(n),
+        }
+    }
+}
+
+/// A write waiting for the store.
+#[derive(Debug, Clone)]
+enum Write {
+    Put(BanRecord),
+    Remove(String),
+}
+
+/// The ban table.
+#[derive(Debug, Default)]
+pub struct Bans {
+    // Locked briefly, never across an await.
+    tables: RwLock<Tables>,
+    /// Entries whose ban may still be in force: 0 means no lookup is needed.
+    active: AtomicUsize,
+    /// Bans not imposed because the table was full.
+    refused: AtomicUsize,
+    persist: AtomicBool,
+    pending: Mutex<Vec<Write>>,
+}
+
+fn record(s: Subject<'_>, e: &Entry) -> BanRecord {
+    BanRecord {
+        key: s.to_string(),
+        reason: e.reason.to_string(),
+        created_ms: e.created_ms,
+        until_ms: e.until_ms,
+        offences: e.offences,
+    }
+}
+
+impl Bans {
+    /// Whether `ip` is banned at `now_ms`.
+    pub fn ip_banned(&self, ip: IpAddr, now_ms: i64) -> bool {
+        self.active.load(Ordering::Relaxed) > 0 && self.tables.read().ips.get(&ip).is_some_and(|e| e.until_ms > now_ms)
+    }
+
+    /// Whether the consumer `name` is banned at `now_ms`.
+    pub fn consumer_banned(&self, name: &str, now_ms: i64) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+            && self.tables.read().consumers.get(name).is_some_and(|e| e.until_ms > now_ms)
+    }
+
+    /// Whether anything may be banned now (one atomic load).
+    pub fn any(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+    }
+
+    /// Ban `who` by a rule: for `base`, doubled for each ban it had within
+    /// [`REPEAT_MEMORY_MS`] of the last one's end, at most `max`. `None` if it is banned
+    /// already or the table is full.
+    pub fn ban_by_rule(
+        &self,
+        who: Subject<'_>,
+        reason: &str,
+        base: Duration,
+        max: Duration,
+        now_ms: i64,
+    ) -> Option<BanRecord> {
+        let mut t = self.tables.write();
+        let offences = match t.get_mut(who) {
+            Some(e) if e.until_ms > now_ms => return None,
+            Some(e) if e.until_ms + REPEAT_MEMORY_MS > now_ms => e.offences.saturating_add(1),
+            _ => 1,
+        };
+        let factor = 1u32.checked_shl(offences.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+        let len = base.saturating_mul(factor).min(max);
+        self.put(&mut t, who, reason, len, offences, now_ms)
+    }
+
+    /// Ban `who` for exactly `len` (an operator's ban), replacing any ban in force.
+    pub fn ban_for(&self, who: Subject<'_>, reason: &str, len: Duration, now_ms: i64) -> Option<BanRecord> {
+        let mut t = self.tables.write();
+        let offences = t.get_mut(who).map_or(1, |e| e.offences.saturating_add(1));
+        self.put(&mut t, who, reason, len, offences, now_ms)
+    }
+
+    fn put(
+        &self,
+        t: &mut Tables,
+        who: Subject<'_>,
+        reason: &str,
+        len: Duration,
+        offences: u32,
+        now_ms: i64,
+    ) -> Option<BanRecord> {
+        let existing = t.get_mut(who).is_some();
+        if !existing && t.len() >= MAX_BANS {
+            // Make room among ended bans first; a table full of bans in force takes no more.
+            t.ips.retain(|_, e| e.until_ms > now_ms);
+            t.consumers.retain(|_, e| e.until_ms > now_ms);
+            if t.len() >= MAX_BANS {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let until_ms = now_ms.saturating_add(i64::try_from(len.as_millis()).unwrap_or(i64::MAX));
+        let e = Entry { reason: Box::from(reason), created_ms: now_ms, until_ms, offences };
+        let rec = record(who, &e);
+        t.insert(who, e);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.queue(Write::Put(rec.clone()));
+        Some(rec)
+    }
+
+    /// Lift and forget the ban of `who` (its repeat count too); whether it was banned.
+    pub fn lift(&self, who: Subject<'_>, now_ms: i64) -> bool {
+        let removed = self.tables.write().remove(who);
+        self.queue(Write::Remove(who.to_string()));
+        removed.is_some_and(|e| e.until_ms > now_ms)
+    }
+
+    /// The bans in force at `now_ms`, longest first.
+    pub fn list(&self, now_ms: i64) -> Vec<BanRecord> {
+        let t = self.tables.read();
+        let mut out: Vec<BanRecord> = t
+            .ips
+            .iter()
+            .filter(|(_, e)| e.until_ms > now_ms)
+            .map(|(a, e)| record(Subject::Ip(*a), e))
+            .chain(
+                t.consumers.iter().filter(|(_, e)| e.until_ms > now_ms).map(|(n, e)| record(Subject::Consumer(n), e)),
+            )
+            .collect();
+        out.sort_by(|a, b| b.until_ms.cmp(&a.until_ms).then_with(|| a.key.cmp(&b.key)));
+        out
+    }
+
+    /// Bans in force at `now_ms`.
+    pub fn active_count(&self, now_ms: i64) -> usize {
+        let t = self.tables.read();
+        t.ips.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count()
+    }
+
+    /// Bans not imposed because the table was full.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Forget bans that ended more than [`REPEAT_MEMORY_MS`] ago and recount those in force.
+    pub fn sweep(&self, now_ms: i64) {
+        let mut t = self.tables.write();
+        let keep = |e: &mut Entry| e.until_ms + REPEAT_MEMORY_MS > now_ms;
+        t.ips.retain(|_, e| keep(e));
+        t.consumers.retain(|_, e| keep(e));
+        let n = t.ips.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count();
+        self.active.store(n, Ordering::Relaxed);
+    }
+
+    /// Replace the table with what the store holds.
+    fn replace(&self, rows: &[BanRecord], now_ms: i64) {
+        let mut t = Tables::default();
+        for r in rows.iter().take(MAX_BANS) {
+            let Some(who) = Subject::parse(&r.key) else {
+                tracing::warn!(key = %r.key, "The store holds a ban of an unreadable key; ignored");
+                continue;
+            };
+            let e = Entry {
+                reason: Box::from(r.reason.as_str()),
+                created_ms: r.created_ms,
+                until_ms: r.until_ms,
+                offences: r.offences,
+            };
+            t.insert(who, e);
+        }
+        let n = t.ips.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count();
+        *self.tables.write() = t;
+        self.active.store(n, Ordering::Relaxed);
+    }
+
+    fn queue(&self, w: Write) {
+        if !self.persist.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut p = self.pending.lock();
+        if p.len() < MAX_PENDING {
+            p.push(w);
+        } else {
+            tracing::warn!("Too many ban changes waiting for the store; this one is kept in memory only");
+        }
+    }
+
+    /// Write what is queued to `store`; on failure the writes are kept for the next try.
+    /// Returns the bans generation after the last write, if anything was written.
+    pub async fn write_pending(&self, store: &dyn Store) -> Option<i64> {
+        let batch = std::mem::take(&mut *self.pending.lock());
+        let mut generation = None;
+        for (i, w) in batch.iter().enumerate() {
+            let r = match w {
+                Write::Put(rec) => store.put_ban(rec, now_ms() - REPEAT_MEMORY_MS).await,
+                Write::Remove(key) => store.remove_ban(key).await.map(|(_, g)| g),
+            };
+            match r {
+                Ok(g) => generation = Some(g),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot write bans to the store; will retry");
+                    let mut p = self.pending.lock();
+                    let rest: Vec<Write> = batch[i..].to_vec();
+                    p.splice(0..0, rest);
+                    break;
+                }
+            }
+        }
+        generation
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Keep `bans` and `store` in step until `stop`: load the store's bans, then every
+/// [`SYNC_EVERY`] write queued changes and reload when another writer changed them. At `stop`, queued writes are written once more.
+pub async fn sync(store: Arc<dyn Store>, bans: Arc<Bans>, stop: CancellationToken) {
+    bans.persist.store(true, Ordering::Relaxed);
+    let mut seen = match store.bans(now_ms() - REPEAT_MEMORY_MS).await {
+        Ok((rows, g)) => {
+            if !rows.is_empty() {
+                tracing::info!(
+                    bans = rows.iter().filter(|r| r.until_ms > now_ms()).count(),
+                    "Bans loaded from the store"
+                );
+            }
+            bans.replace(&rows, now_ms());
+            g
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read bans from the store; starting without them");
+            -1
+        }
+    };
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(SYNC_EVERY) => {}
+        }
+        if let Some(g) = bans.write_pending(&*store).await
+            && g == seen + 1
+        {
+            // Our own writes alone (anything else in between leaves `seen` behind: reload).
+            seen = g;
+        }
+        let current = match store.bans_generation().await {
+            Ok(g) => g,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "Cannot read bans from the store; keeping those in memory");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        failing = false;
+        if current == seen || !bans.pending.lock().is_empty() {
+            continue;
+        }
+        match store.bans(now_ms() - REPEAT_MEMORY_MS).await {
+            Ok((rows, g)) if !stop.is_cancelled() => {
+                bans.replace(&rows, now_ms());
+                seen = g;
+                tracing::info!(bans = bans.active_count(now_ms()), "Bans reloaded from the store");
+            }
+            Ok(_) => break,
+            Err(e) => tracing::warn!(error = %e, "Cannot read bans from the store; keeping those in memory"),
+        }
+    }
+    bans.write_pending(&*store).await;
+    bans.persist.store(false, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn repeat_offenders_get_double_up_to_the_cap() {
+        let b = Bans::default();
+        let ip = Subject::Ip("192.0.2.1".parse().expect("ip"));
+        let mut now = 1_000_000;
+        let mut lens = Vec::new();
+        for _ in 0..6 {
+            let r = b.ban_by_rule(ip, "test", MIN, 8 * MIN, now).expect("banned");
+            assert!(b.ip_banned("192.0.2.1".parse().expect("ip"), now));
+            assert!(b.ban_by_rule(ip, "test", MIN, 8 * MIN, now + 1).is_none(), "already banned");
+            lens.push((r.until_ms - now) / 60_000);
+            now = r.until_ms + 1;
+            assert!(!b.ip_banned("192.0.2.1".parse().expect("ip"), now));
+        }
+        assert_eq!(lens, [1, 2, 4, 8, 8, 8]);
+        // A day later, the slate is clean.
+        now += REPEAT_MEMORY_MS;
+        let r = b.ban_by_rule(ip, "test", MIN, 8 * MIN, now).expect("banned");
+        assert_eq!(r.offences, 1);
+    }
+
+    #[test]
+    fn lifting_forgets_and_consumers_are_separate() {
+        let b = Bans::default();
+        let now = 5_000;
+        assert!(!b.any());
+        b.ban_for(Subject::Consumer("alice"), "ops", MIN, now).expect("banned");
+        assert!(b.any() && b.consumer_banned("alice", now) && !b.consumer_banned("bob", now));
+        assert!(!b.ip_banned("192.0.2.1".parse().expect("ip"), now));
+        assert_eq!(b.list(now)[0].key, "consumer:alice");
+        assert!(b.lift(Subject::Consumer("alice"), now));
+        assert!(!b.consumer_banned("alice", now));
+        assert!(!b.lift(Subject::Consumer("alice"), now));
+        b.sweep(now);
+        assert!(!b.any());
+    }
+
+    #[test]
+    fn subjects_parse_and_print() {
+        assert_eq!(Subject::parse("203.0.113.7"), Some(Subject::Ip("203.0.113.7".parse().expect("ip"))));
+        assert_eq!(Subject::parse("ip:::ffff:10.0.0.1").map(|s| s.to_string()).as_deref(), Some("ip:10.0.0.1"));
+        assert_eq!(Subject::parse("consumer:app-1"), Some(Subject::Consumer("app-1")));
+        assert_eq!(Subject::parse("consumer:"), None);
+        assert_eq!(Subject::parse("nonsense"), None);
+    }
+}
