@@ -139,6 +139,12 @@ impl Bans {
             && self.tables.read().consumers.get(name).is_some_and(|e| e.until_ms > now_ms)
     }
 
+    /// No store any more: keep changes in memory only.
+    pub fn forget_store(&self) {
+        self.persist.store(false, Ordering::Relaxed);
+        self.pending.lock().clear();
+    }
+
     /// Whether anything may be banned now (one atomic load).
     pub fn any(&self) -> bool {
         self.active.load(Ordering::Relaxed) > 0
@@ -308,26 +314,30 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Keep `bans` and `store` in step until `stop`: load the store's bans, then every
-/// [`SYNC_EVERY`] write queued changes and reload when another writer changed them. At `stop`, queued writes are written once more.
-pub async fn sync(store: Arc<dyn Store>, bans: Arc<Bans>, stop: CancellationToken) {
+/// Load the store's bans into `bans` (before a node serves), and from now on queue changes
+/// for the store; the bans generation read, for [`sync`] (-1 if the store could not be read).
+pub async fn load(store: &dyn Store, bans: &Bans) -> i64 {
     bans.persist.store(true, Ordering::Relaxed);
-    let mut seen = match store.bans(now_ms() - REPEAT_MEMORY_MS).await {
+    match store.bans(now_ms() - REPEAT_MEMORY_MS).await {
         Ok((rows, g)) => {
-            if !rows.is_empty() {
-                tracing::info!(
-                    bans = rows.iter().filter(|r| r.until_ms > now_ms()).count(),
-                    "Bans loaded from the store"
-                );
+            let now = now_ms();
+            if rows.iter().any(|r| r.until_ms > now) {
+                tracing::info!(bans = rows.iter().filter(|r| r.until_ms > now).count(), "Bans loaded from the store");
             }
-            bans.replace(&rows, now_ms());
+            bans.replace(&rows, now);
             g
         }
         Err(e) => {
             tracing::warn!(error = %e, "Cannot read bans from the store; starting without them");
             -1
         }
-    };
+    }
+}
+
+/// Keep `bans` and `store` in step until `stop`, starting from generation `seen` (what
+/// [`load`] read): every [`SYNC_EVERY`] write queued changes and reload when another
+/// writer changed them. At `stop`, queued writes are written once more.
+pub async fn sync(store: Arc<dyn Store>, bans: Arc<Bans>, stop: CancellationToken, mut seen: i64) {
     let mut failing = false;
     loop {
         tokio::select! {
@@ -365,7 +375,6 @@ pub async fn sync(store: Arc<dyn Store>, bans: Arc<Bans>, stop: CancellationToke
         }
     }
     bans.write_pending(&*store).await;
-    bans.persist.store(false, Ordering::Relaxed);
 }
 
 #[cfg(test)]

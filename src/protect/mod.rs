@@ -16,7 +16,7 @@ pub use detect::Protection;
 pub(crate) use head::{ConnState, GuardedIo, HeadLimits};
 pub(crate) use limiter::{ConnLimiter, ConnPermit, Refused};
 
-/// Answer a refused connection with a 403 problem+json without reading from it, and close
+/// Answer a refused connection with a 403 problem+json without parsing anything, and close
 /// it. One non-blocking write: a fresh socket's send buffer takes it whole, and nothing
 /// waits on a client that does not read.
 pub(crate) fn refuse_connection(stream: &tokio::net::TcpStream) {
@@ -27,4 +27,8 @@ pub(crate) fn refuse_connection(stream: &tokio::net::TcpStream) {
         body.len()
     );
     let _ = stream.try_write(format!("{head}{body}").as_bytes());
+    // A request already received would make the close a reset that can destroy the answer
+    // before the client reads it: take what is there (one read, never waiting).
+    let mut sink = [0u8; 4096];
+    let _ = stream.try_read(&mut sink);
 }

@@ -170,6 +170,7 @@ impl Shared {
             self.directory.store(Arc::new(Directory::default()));
             self.audit.set_store(None);
             self.quotas.set_store(None);
+            self.protection.bans.forget_store();
             return Ok(());
         };
         let store = crate::store::open(url).await.map_err(GatewayStartError::Store)?;
@@ -178,7 +179,8 @@ impl Shared {
         self.directory.store(Arc::new(Directory::from_store(&ids)));
         let stop = self.shutdown.child_token();
         tokio::spawn(crate::auth::directory::sync(store.clone(), self.directory.clone(), stop.clone()));
-        tokio::spawn(crate::protect::bans::sync(store.clone(), self.protection.bans.clone(), stop.clone()));
+        let seen = crate::protect::bans::load(&*store, &self.protection.bans).await;
+        tokio::spawn(crate::protect::bans::sync(store.clone(), self.protection.bans.clone(), stop.clone(), seen));
         tokio::spawn(crate::ratelimit::quota::flusher(store.clone(), self.quotas.clone(), stop.clone()));
         self.audit.set_store(Some(store.clone()));
         self.quotas.set_store(Some(store.clone()));
