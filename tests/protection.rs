@@ -24,6 +24,8 @@ use tokio::time::Instant;
 
 const ATTACKER: &str = "127.0.0.2";
 const BYSTANDER: &str = "127.0.0.3";
+/// A client nobody bans in the first test.
+const NEIGHBOUR: &str = "127.0.0.4";
 const BAD_KEY: &str = "pcl_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 /// A client whose connections come from `ip`.
@@ -140,7 +142,6 @@ async fn twenty_bad_keys_ban_the_ip_until_ban_for_while_others_are_served() {
     let addr = gw.local_addr("public").expect("listener");
     let url = |p: &str| format!("http://{addr}{p}");
     let attacker = client_from(ATTACKER);
-    let bystander = client_from(BYSTANDER);
 
     // A bystander keeps calling throughout; every answer must be a 200.
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,7 +149,7 @@ async fn twenty_bad_keys_ban_the_ip_until_ban_for_while_others_are_served() {
     let background = {
         let (stop, served, url) = (stop.clone(), served.clone(), url("/open/bystander"));
         tokio::spawn(async move {
-            let c = client_from(BYSTANDER);
+            let c = client_from(NEIGHBOUR);
             let mut bad = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 let s = call_from(&c, &url, None).await.0;
@@ -217,12 +218,19 @@ async fn twenty_bad_keys_ban_the_ip_until_ban_for_while_others_are_served() {
     assert_eq!(call_from(&client_from(ATTACKER), &url("/open/lifted"), None).await.0, 200);
     let (s, _) = admin(&gw, "DELETE", &format!("/api/v1/bans/ip:{ATTACKER}"), "").await;
     assert_eq!(s, 404, "nothing left to lift");
+    // An operator bans a whole network: both of its addresses, and nothing else.
+    let (s, ban) = admin(&gw, "POST", "/api/v1/bans", r#"{"key":"ip:127.0.0.2/31","for":"1m","reason":"drill"}"#).await;
+    assert_eq!((s, ban["key"].as_str()), (201, Some("ip:127.0.0.2/31")), "{ban}");
+    assert!(raw_from(ATTACKER, addr).await.starts_with("HTTP/1.1 403"));
+    assert!(raw_from("127.0.0.3", addr).await.starts_with("HTTP/1.1 403"));
+    assert_eq!(get(&url("/open/local")).await.0, 200, "127.0.0.1 is outside the /31");
+    let (s, _) = admin(&gw, "DELETE", "/api/v1/bans/ip:127.0.0.2%2F31", "").await;
+    assert_eq!(s, 204);
 
     stop.store(true, Ordering::SeqCst);
     let bad = background.await.expect("bystander");
     assert!(bad.is_empty(), "the bystander got {bad:?}");
     assert!(served.load(Ordering::SeqCst) >= 10, "the bystander was served throughout");
-    drop(bystander);
     gw.shutdown(Duration::from_secs(2)).await;
 }
 

@@ -1110,6 +1110,11 @@ fn nets(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<ipnet::IpNet> {
         let Some(s) = scalar(d, item, &ip) else { continue };
         let net = s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
         match net {
+            // An IPv4-mapped IPv6 network is the IPv4 network (clients are seen as IPv4).
+            Ok(ipnet::IpNet::V6(n)) if n.prefix_len() >= 96 && n.addr().to_ipv4_mapped().is_some() => {
+                let v4 = n.addr().to_ipv4_mapped().and_then(|a| ipnet::Ipv4Net::new(a, n.prefix_len() - 96).ok());
+                out.extend(v4.map(|n| ipnet::IpNet::V4(n.trunc())));
+            }
             Ok(net) => out.push(net.trunc()),
             Err(_) => d.err(item.pos, &ip, format!("expected an address or CIDR like 10.0.0.0/8, found `{s}`")),
         }

@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// `protection:`
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProtectionConfig {
     /// `protection.bans`: detection rules and the bans they impose.
     pub bans: Vec<BanRule>,
@@ -45,6 +45,21 @@ pub struct ProtectionConfig {
     pub ip_deny: Vec<ipnet::IpNet>,
     /// `protection.exempt`: networks no ban rule ever bans (monitoring, own proxies).
     pub exempt: Vec<ipnet::IpNet>,
+    /// `protection.ipv6_prefix`: an IPv6 client is counted and banned by this prefix
+    /// (default 64: one host usually holds a whole /64).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> ProtectionConfig {
+        ProtectionConfig {
+            bans: Vec::new(),
+            ip_allow: Vec::new(),
+            ip_deny: Vec::new(),
+            exempt: Vec::new(),
+            ipv6_prefix: 64,
+        }
+    }
 }
 
 impl ProtectionConfig {

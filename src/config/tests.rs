@@ -421,7 +421,7 @@ fn protection_rules_decode_and_bad_ones_are_located() {
     assert!(p.ip_allowed("2001:db8::1".parse().expect("ip")));
 
     let bad = format!(
-        "{BASE}protection:\n  bans:\n    - {{ on: bad_vibes, threshold: 0, window: 2d, ban_for: 15m }}\n    - {{ on: auth_failures, threshold: 3, window: 1m, ban_for: 1m, key: consumer }}\n  ip_rules: {{ deny: [300.1.1.1] }}\n"
+        "{BASE}protection:\n  bans:\n    - {{ on: bad_vibes, threshold: 0, window: 2d, ban_for: 15m }}\n    - {{ on: auth_failures, threshold: 3, window: 1m, ban_for: 1h, max_ban_for: 1m, key: consumer }}\n  ip_rules: {{ deny: [300.1.1.1, \"::ffff:10.0.0.0/104\"] }}\n  ipv6_prefix: 8\n"
     );
     let e = errors(&bad);
     assert!(e.iter().any(|m| m.contains("protection.bans[0].on: unknown event `bad_vibes`")), "{e:?}");
@@ -429,6 +429,13 @@ fn protection_rules_decode_and_bad_ones_are_located() {
     assert!(e.iter().any(|m| m.contains("protection.bans[0].window: at most 86400s")), "{e:?}");
     assert!(e.iter().any(|m| m.contains("protection.bans[1].key: a failed authentication has no consumer")), "{e:?}");
     assert!(e.iter().any(|m| m.contains("protection.ip_rules.deny[0]: expected an address or CIDR")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("protection.bans[1].max_ban_for: must be at least `ban_for`")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("protection.ipv6_prefix: expected a whole number from 32 to 128")), "{e:?}");
+    // A mapped IPv6 network is the IPv4 one (clients are seen as IPv4).
+    let mapped = format!("{BASE}protection: {{ ip_rules: {{ deny: [\"::ffff:10.0.0.0/104\"] }} }}\n");
+    let cfg = crate::config::parse("gw.yaml", &mapped).expect("valid");
+    assert!(!cfg.protection.ip_allowed("10.1.2.3".parse().expect("ip")));
+    assert_eq!(cfg.protection.ipv6_prefix, 64);
 }
 
 #[test]

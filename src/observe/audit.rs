@@ -232,11 +232,13 @@ impl EventSink for Audit {
                 &consumer.map_or_else(|| client.to_string(), str::to_string),
                 serde_json::json!({ "route": route, "client": client.to_string() }),
             ),
-            SecurityEvent::Banned { key, reason, until_ms, offences, by } => self.record_limited(
-                "ban",
-                by,
-                serde_json::json!({ "key": key, "reason": reason, "until_ms": until_ms, "offences": offences }),
-            ),
+            SecurityEvent::Banned { key, reason, until_ms, offences, by } => {
+                let detail =
+                    serde_json::json!({ "key": key, "reason": reason, "until_ms": until_ms, "offences": offences });
+                // A rule's bans follow an attack's pace and share its budget; an operator's
+                // are always recorded.
+                if by == "rule" { self.record_limited("ban", by, detail) } else { self.record("ban", by, detail) }
+            }
             SecurityEvent::Unbanned { key, by, was_banned } => {
                 self.record("unban", by, serde_json::json!({ "key": key, "was_banned": was_banned }))
             }

@@ -147,6 +147,8 @@ pub struct Events {
     blocked: [[AtomicU64; 2]; BLOCK_REASONS.len()],
     quota_exceeded: AtomicU64,
     log: super::budget::PerSecond,
+    /// Bans and lifts have their own budget: a flood of failures cannot hide them.
+    ban_log: super::budget::PerSecond,
     sinks: ArcSwap<Vec<Arc<dyn EventSink>>>,
 }
 
@@ -197,13 +199,15 @@ impl Events {
                 }
             }
             SecurityEvent::Banned { key, reason, until_ms, offences, by } => {
-                // Always logged: bans are what an operator must see (and are bounded by the
-                // ban table).
-                let secs = (until_ms - crate::protect::bans::now_ms()).max(0) / 1000;
-                tracing::warn!(target: "portcullis::security", event = "banned", key, reason, ban_seconds = secs, offences, by, "Banned");
+                if self.may_log_ban() {
+                    let secs = (until_ms - crate::protect::bans::now_ms()).max(0) / 1000;
+                    tracing::warn!(target: "portcullis::security", event = "banned", key, reason, ban_seconds = secs, offences, by, "Banned");
+                }
             }
             SecurityEvent::Unbanned { key, by, was_banned } => {
-                tracing::warn!(target: "portcullis::security", event = "unbanned", key, by, was_banned, "Ban lifted");
+                if self.may_log_ban() {
+                    tracing::warn!(target: "portcullis::security", event = "unbanned", key, by, was_banned, "Ban lifted");
+                }
             }
             SecurityEvent::QuotaExceeded { client, route, consumer } => {
                 self.quota_exceeded.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +219,13 @@ impl Events {
         for s in self.sinks.load().iter() {
             s.publish(e);
         }
+    }
+
+    /// Whether one more ban line fits in this second's budget (its own, of the same size).
+    fn may_log_ban(&self) -> bool {
+        self.ban_log.admit(LOG_PER_SECOND, |left_out| {
+            tracing::warn!(target: "portcullis::security", suppressed = left_out, "Bans not logged (over {LOG_PER_SECOND} per second); see portcullis_bans_total and GET /api/v1/bans");
+        })
     }
 
     /// Whether one more line fits in this second's budget.

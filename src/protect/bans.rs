@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -30,27 +32,52 @@ const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// Who a ban is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject<'a> {
-    /// A client address.
-    Ip(IpAddr),
+    /// A client address (a /32 or /128 network) or a network of them.
+    Net(IpNet),
     /// An authenticated consumer.
     Consumer(&'a str),
 }
 
+/// `net` with an IPv4-mapped IPv6 network written as the IPv4 one it is.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+    .trunc()
+}
+
 impl<'a> Subject<'a> {
-    /// `ip:ADDRESS`, `consumer:NAME`, or a bare address.
+    /// `ip:ADDRESS`, `ip:NETWORK/LEN`, a bare address or network, or `consumer:NAME`.
     pub fn parse(s: &'a str) -> Option<Subject<'a>> {
         if let Some(name) = s.strip_prefix("consumer:") {
-            return (!name.is_empty() && name.len() <= 256).then_some(Subject::Consumer(name));
+            let ok = !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control);
+            return ok.then_some(Subject::Consumer(name));
         }
         let ip = s.strip_prefix("ip:").unwrap_or(s);
-        ip.parse::<IpAddr>().ok().map(|a| Subject::Ip(a.to_canonical()))
+        let net = ip.parse::<IpNet>().ok().or_else(|| ip.parse::<IpAddr>().ok().map(IpNet::from))?;
+        Some(Subject::Net(canonical_net(net)))
+    }
+
+    /// The client address `ip`, widened to `v6_prefix` bits if it is an IPv6 address (one
+    /// host of IPv6 usually holds a whole /64).
+    pub fn client(ip: IpAddr, v6_prefix: u8) -> Subject<'static> {
+        let net = match ip.to_canonical() {
+            IpAddr::V4(a) => IpNet::V4(Ipv4Net::from(a)),
+            IpAddr::V6(a) => Ipv6Net::new(a, v6_prefix.min(128)).map_or(IpNet::V6(Ipv6Net::from(a)), IpNet::V6),
+        };
+        Subject::Net(net.trunc())
     }
 }
 
 impl fmt::Display for Subject<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Subject::Ip(a) => write!(f, "ip:{a}"),
+            Subject::Net(n) if n.prefix_len() == n.max_prefix_len() => write!(f, "ip:{}", n.addr()),
+            Subject::Net(n) => write!(f, "ip:{n}"),
             Subject::Consumer(n) => write!(f, "consumer:{n}"),
         }
     }
@@ -66,34 +93,77 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Tables {
-    ips: HashMap<IpAddr, Entry>,
+    nets: HashMap<IpNet, Entry>,
     consumers: HashMap<Box<str>, Entry>,
+    /// The prefix lengths in `nets` (bit `n` of word `n / 64`): IPv4 in `v4`, IPv6 in `v6`,
+    /// so a lookup tries only the lengths in use (usually /32, /128 and /64).
+    v4: u64,
+    v6: [u64; 3],
 }
 
 impl Tables {
     fn len(&self) -> usize {
-        self.ips.len() + self.consumers.len()
+        self.nets.len() + self.consumers.len()
     }
 
     fn get_mut(&mut self, s: Subject<'_>) -> Option<&mut Entry> {
         match s {
-            Subject::Ip(a) => self.ips.get_mut(&a),
+            Subject::Net(n) => self.nets.get_mut(&n),
             Subject::Consumer(n) => self.consumers.get_mut(n),
+        }
+    }
+
+    fn note_len(&mut self, n: &IpNet) {
+        let len = usize::from(n.prefix_len());
+        match n {
+            IpNet::V4(_) => self.v4 |= 1 << len,
+            IpNet::V6(_) => self.v6[len / 64] |= 1 << (len % 64),
         }
     }
 
     fn insert(&mut self, s: Subject<'_>, e: Entry) {
         match s {
-            Subject::Ip(a) => self.ips.insert(a, e),
-            Subject::Consumer(n) => self.consumers.insert(Box::from(n), e),
-        };
+            Subject::Net(n) => {
+                self.note_len(&n);
+                self.nets.insert(n, e);
+            }
+            Subject::Consumer(n) => {
+                self.consumers.insert(Box::from(n), e);
+            }
+        }
     }
 
     fn remove(&mut self, s: Subject<'_>) -> Option<Entry> {
         match s {
-            Subject::Ip(a) => self.ips.remove(&a),
+            Subject::Net(n) => self.nets.remove(&n),
             Subject::Consumer(n) => self.consumers.remove(n),
         }
+    }
+
+    /// The entry of the longest banned network holding `ip`.
+    fn lookup(&self, ip: IpAddr, now_ms: i64) -> bool {
+        let hit = |n: IpNet| self.nets.get(&n.trunc()).is_some_and(|e| e.until_ms > now_ms);
+        match ip {
+            IpAddr::V4(a) => (0..=32u8)
+                .rev()
+                .filter(|l| self.v4 & (1 << l) != 0)
+                .any(|l| Ipv4Net::new(a, l).is_ok_and(|n| hit(IpNet::V4(n)))),
+            IpAddr::V6(a) => (0..=128u8)
+                .rev()
+                .filter(|l| self.v6[usize::from(*l) / 64] & (1 << (l % 64)) != 0)
+                .any(|l| Ipv6Net::new(a, l).is_ok_and(|n| hit(IpNet::V6(n)))),
+        }
+    }
+
+    /// Recount the prefix lengths in use and the bans in force at `now_ms`.
+    fn recount(&mut self, now_ms: i64) -> usize {
+        self.v4 = 0;
+        self.v6 = [0; 3];
+        let nets: Vec<IpNet> = self.nets.keys().copied().collect();
+        for n in &nets {
+            self.note_len(n);
+        }
+        self.nets.values().chain(self.consumers.values()).filter(|e| e.until_ms > now_ms).count()
     }
 }
 
@@ -128,9 +198,9 @@ fn record(s: Subject<'_>, e: &Entry) -> BanRecord {
 }
 
 impl Bans {
-    /// Whether `ip` is banned at `now_ms`.
+    /// Whether `ip` (canonical) is banned, itself or as part of a banned network, at `now_ms`.
     pub fn ip_banned(&self, ip: IpAddr, now_ms: i64) -> bool {
-        self.active.load(Ordering::Relaxed) > 0 && self.tables.read().ips.get(&ip).is_some_and(|e| e.until_ms > now_ms)
+        self.active.load(Ordering::Relaxed) > 0 && self.tables.read().lookup(ip, now_ms)
     }
 
     /// Whether the consumer `name` is banned at `now_ms`.
@@ -164,7 +234,7 @@ impl Bans {
         let mut t = self.tables.write();
         let offences = match t.get_mut(who) {
             Some(e) if e.until_ms > now_ms => return None,
-            Some(e) if e.until_ms + REPEAT_MEMORY_MS > now_ms => e.offences.saturating_add(1),
+            Some(e) if e.until_ms.saturating_add(REPEAT_MEMORY_MS) > now_ms => e.offences.saturating_add(1),
             _ => 1,
         };
         let factor = 1u32.checked_shl(offences.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
@@ -190,13 +260,9 @@ impl Bans {
     ) -> Option<BanRecord> {
         let existing = t.get_mut(who).is_some();
         if !existing && t.len() >= MAX_BANS {
-            // Make room among ended bans first; a table full of bans in force takes no more.
-            t.ips.retain(|_, e| e.until_ms > now_ms);
-            t.consumers.retain(|_, e| e.until_ms > now_ms);
-            if t.len() >= MAX_BANS {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
+            // Ended bans are forgotten by `sweep` (every second); nothing is scanned here.
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
         let until_ms = now_ms.saturating_add(i64::try_from(len.as_millis()).unwrap_or(i64::MAX));
         let e = Entry { reason: Box::from(reason), created_ms: now_ms, until_ms, offences };
@@ -218,10 +284,10 @@ impl Bans {
     pub fn list(&self, now_ms: i64) -> Vec<BanRecord> {
         let t = self.tables.read();
         let mut out: Vec<BanRecord> = t
-            .ips
+            .nets
             .iter()
             .filter(|(_, e)| e.until_ms > now_ms)
-            .map(|(a, e)| record(Subject::Ip(*a), e))
+            .map(|(n, e)| record(Subject::Net(*n), e))
             .chain(
                 t.consumers.iter().filter(|(_, e)| e.until_ms > now_ms).map(|(n, e)| record(Subject::Consumer(n), e)),
             )
@@ -233,7 +299,7 @@ impl Bans {
     /// Bans in force at `now_ms`.
     pub fn active_count(&self, now_ms: i64) -> usize {
         let t = self.tables.read();
-        t.ips.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count()
+        t.nets.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count()
     }
 
     /// Bans not imposed because the table was full.
@@ -243,11 +309,20 @@ impl Bans {
 
     /// Forget bans that ended more than [`REPEAT_MEMORY_MS`] ago and recount those in force.
     pub fn sweep(&self, now_ms: i64) {
+        let keep = |e: &Entry| e.until_ms.saturating_add(REPEAT_MEMORY_MS) > now_ms;
+        {
+            // Most seconds there is nothing to forget: look under the read lock first.
+            let t = self.tables.read();
+            if t.nets.values().chain(t.consumers.values()).all(keep) {
+                let n = t.nets.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count();
+                self.active.store(n, Ordering::Relaxed);
+                return;
+            }
+        }
         let mut t = self.tables.write();
-        let keep = |e: &mut Entry| e.until_ms + REPEAT_MEMORY_MS > now_ms;
-        t.ips.retain(|_, e| keep(e));
+        t.nets.retain(|_, e| keep(e));
         t.consumers.retain(|_, e| keep(e));
-        let n = t.ips.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count();
+        let n = t.recount(now_ms);
         self.active.store(n, Ordering::Relaxed);
     }
 
@@ -267,9 +342,33 @@ impl Bans {
             };
             t.insert(who, e);
         }
-        let n = t.ips.values().chain(t.consumers.values()).filter(|e| e.until_ms > now_ms).count();
-        *self.tables.write() = t;
+        // Changes made here since the store was read are not in it yet: keep them.
+        let mut cur = self.tables.write();
+        for w in self.pending.lock().iter() {
+            match w {
+                Write::Put(r) => {
+                    if let Some(who) = Subject::parse(&r.key) {
+                        let e = Entry {
+                            reason: Box::from(r.reason.as_str()),
+                            created_ms: r.created_ms,
+                            until_ms: r.until_ms,
+                            offences: r.offences,
+                        };
+                        t.insert(who, e);
+                    }
+                }
+                Write::Remove(key) => {
+                    if let Some(who) = Subject::parse(key) {
+                        t.remove(who);
+                    }
+                }
+            }
+        }
+        let n = t.recount(now_ms);
+        let old = std::mem::replace(&mut *cur, t);
         self.active.store(n, Ordering::Relaxed);
+        drop(cur);
+        drop(old);
     }
 
     fn queue(&self, w: Write) {
@@ -285,17 +384,22 @@ impl Bans {
     }
 
     /// Write what is queued to `store`; on failure the writes are kept for the next try.
-    /// Returns the bans generation after the last write, if anything was written.
-    pub async fn write_pending(&self, store: &dyn Store) -> Option<i64> {
+    /// Returns the bans generation after the last write and the number of writes, if
+    /// anything was written.
+    pub async fn write_pending(&self, store: &dyn Store) -> Option<(i64, i64)> {
         let batch = std::mem::take(&mut *self.pending.lock());
         let mut generation = None;
+        let mut written = 0;
         for (i, w) in batch.iter().enumerate() {
             let r = match w {
                 Write::Put(rec) => store.put_ban(rec, now_ms() - REPEAT_MEMORY_MS).await,
                 Write::Remove(key) => store.remove_ban(key).await.map(|(_, g)| g),
             };
             match r {
-                Ok(g) => generation = Some(g),
+                Ok(g) => {
+                    generation = Some(g);
+                    written += 1;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot write bans to the store; will retry");
                     let mut p = self.pending.lock();
@@ -305,7 +409,7 @@ impl Bans {
                 }
             }
         }
-        generation
+        generation.map(|g| (g, written))
     }
 }
 
@@ -344,8 +448,8 @@ pub async fn sync(store: Arc<dyn Store>, bans: Arc<Bans>, stop: CancellationToke
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(SYNC_EVERY) => {}
         }
-        if let Some(g) = bans.write_pending(&*store).await
-            && g == seen + 1
+        if let Some((g, written)) = bans.write_pending(&*store).await
+            && g == seen + written
         {
             // Our own writes alone (anything else in between leaves `seen` behind: reload).
             seen = g;
@@ -361,7 +465,7 @@ pub async fn sync(store: Arc<dyn Store>, bans: Arc<Bans>, stop: CancellationToke
             }
         };
         failing = false;
-        if current == seen || !bans.pending.lock().is_empty() {
+        if current == seen {
             continue;
         }
         match store.bans(now_ms() - REPEAT_MEMORY_MS).await {
@@ -386,7 +490,7 @@ mod tests {
     #[test]
     fn repeat_offenders_get_double_up_to_the_cap() {
         let b = Bans::default();
-        let ip = Subject::Ip("192.0.2.1".parse().expect("ip"));
+        let ip = Subject::client("192.0.2.1".parse().expect("ip"), 64);
         let mut now = 1_000_000;
         let mut lens = Vec::new();
         for _ in 0..6 {
@@ -421,9 +525,64 @@ mod tests {
     }
 
     #[test]
+    fn networks_ban_every_address_in_them_and_only_those() {
+        let b = Bans::default();
+        let now = 1_000;
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // A rule ban of one IPv6 client covers its /64.
+        let client = Subject::client(ip("2001:db8:0:1::5"), 64);
+        b.ban_by_rule(client, "test", MIN, MIN, now).expect("banned");
+        assert!(b.ip_banned(ip("2001:db8:0:1:ffff::9"), now), "same /64");
+        assert!(!b.ip_banned(ip("2001:db8:0:2::5"), now), "next /64");
+        // An operator bans an IPv4 network and a single address.
+        b.ban_for(Subject::parse("198.51.100.0/24").expect("net"), "ops", MIN, now).expect("banned");
+        b.ban_for(Subject::parse("192.0.2.7").expect("ip"), "ops", MIN, now).expect("banned");
+        assert!(b.ip_banned(ip("198.51.100.200"), now));
+        assert!(b.ip_banned(ip("192.0.2.7"), now));
+        assert!(!b.ip_banned(ip("192.0.2.8"), now));
+        assert!(!b.ip_banned(ip("198.51.101.1"), now));
+        let keys: Vec<String> = b.list(now).into_iter().map(|r| r.key).collect();
+        assert!(keys.contains(&"ip:198.51.100.0/24".to_string()) && keys.contains(&"ip:2001:db8:0:1::/64".to_string()));
+        // Lifting the network frees its addresses; the sweep recounts what is left.
+        assert!(b.lift(Subject::parse("ip:198.51.100.0/24").expect("net"), now));
+        assert!(!b.ip_banned(ip("198.51.100.200"), now));
+        b.sweep(now + MIN.as_millis() as i64 + 1);
+        assert!(!b.any(), "every ban has ended");
+    }
+
+    #[test]
+    fn a_reload_from_the_store_keeps_changes_not_yet_written() {
+        let b = Bans::default();
+        b.persist.store(true, Ordering::Relaxed);
+        let now = 10_000;
+        let row = |key: &str| BanRecord {
+            key: key.into(),
+            reason: "stored".into(),
+            created_ms: now,
+            until_ms: now + 60_000,
+            offences: 1,
+        };
+        b.ban_for(Subject::Consumer("new"), "memory", MIN, now).expect("banned");
+        b.ban_for(Subject::Consumer("gone"), "memory", MIN, now).expect("banned");
+        assert!(b.lift(Subject::Consumer("gone"), now));
+        // The store, read before those changes were written, has `old` and `gone`.
+        b.replace(&[row("consumer:old"), row("consumer:gone")], now);
+        assert!(b.consumer_banned("old", now), "from the store");
+        assert!(b.consumer_banned("new", now), "a ban not yet written survives the reload");
+        assert!(!b.consumer_banned("gone", now), "a lift not yet written survives the reload");
+        assert_eq!(b.pending.lock().len(), 3);
+    }
+
+    #[test]
     fn subjects_parse_and_print() {
-        assert_eq!(Subject::parse("203.0.113.7"), Some(Subject::Ip("203.0.113.7".parse().expect("ip"))));
-        assert_eq!(Subject::parse("ip:::ffff:10.0.0.1").map(|s| s.to_string()).as_deref(), Some("ip:10.0.0.1"));
+        let text = |s: &str| Subject::parse(s).map(|s| s.to_string());
+        assert_eq!(text("203.0.113.7").as_deref(), Some("ip:203.0.113.7"));
+        assert_eq!(text("ip:::ffff:10.0.0.1").as_deref(), Some("ip:10.0.0.1"));
+        assert_eq!(text("ip:::ffff:10.0.0.0/104").as_deref(), Some("ip:10.0.0.0/8"));
+        assert_eq!(text("ip:2001:db8::1:2/64").as_deref(), Some("ip:2001:db8::/64"));
+        assert_eq!(text("consumer:a\nb"), None);
+        let c = Subject::client("2001:db8:0:1:aaaa:bbbb:cccc:dddd".parse().expect("ip"), 64);
+        assert_eq!(c.to_string(), "ip:2001:db8:0:1::/64");
         assert_eq!(Subject::parse("consumer:app-1"), Some(Subject::Consumer("app-1")));
         assert_eq!(Subject::parse("consumer:"), None);
         assert_eq!(Subject::parse("nonsense"), None);

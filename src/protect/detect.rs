@@ -95,13 +95,11 @@ impl Rule {
             return true;
         }
         if map.len() >= self.max_per_shard {
-            // Forget windows that are over; if none, the quietest of a few sampled keys.
-            map.retain(|_, w| slot < w.last + SLOTS);
-            if map.len() >= self.max_per_shard {
-                let victim = map.iter().take(SAMPLE).min_by_key(|(_, w)| w.sum(slot)).map(|(k, _)| k.clone());
-                if let Some(k) = victim {
-                    map.remove(&k);
-                }
+            // Forget the quietest of a few sampled keys (a finished window counts 0): no scan
+            // of the whole shard on the request path.
+            let victim = map.iter().take(SAMPLE).min_by_key(|(_, w)| w.sum(slot)).map(|(k, _)| k.clone());
+            if let Some(k) = victim {
+                map.remove(&k);
             }
         }
         let mut w = Window { last: slot, ..Window::default() };
@@ -115,11 +113,21 @@ impl Rule {
     }
 }
 
+/// Nanoseconds since the first call, on the monotonic clock (a wall-clock step must not
+/// stretch or shrink a window).
+fn monotonic_ns() -> u64 {
+    static ZERO: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let zero = *ZERO.get_or_init(tokio::time::Instant::now);
+    u64::try_from(zero.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The rules of one config version.
 #[derive(Debug, Default)]
 struct Detector {
     cfg: ProtectionConfig,
-    rules: Vec<Rule>,
+    /// Shared with the next version while `bans` stays the same, so counts survive reloads
+    /// that change only IP rules or exemptions.
+    rules: Arc<[Rule]>,
 }
 
 /// Automated protection: the ban table, the detection rules, and the counters of bans.
@@ -153,10 +161,15 @@ impl Protection {
 
     /// Use `cfg`'s rules from now on; counts are kept when the rules did not change.
     pub fn configure(&self, cfg: &ProtectionConfig) {
-        if self.detector.load().cfg == *cfg {
+        let cur = self.detector.load();
+        if cur.cfg == *cfg {
             return;
         }
-        let rules = cfg.bans.iter().map(Rule::new).collect();
+        let rules = if cur.cfg.bans == cfg.bans && cur.cfg.ipv6_prefix == cfg.ipv6_prefix {
+            cur.rules.clone()
+        } else {
+            cfg.bans.iter().map(Rule::new).collect()
+        };
         self.detector.store(Arc::new(Detector { cfg: cfg.clone(), rules }));
     }
 
@@ -218,25 +231,30 @@ impl Protection {
         if det.rules.is_empty() {
             return;
         }
-        let now_ns = crate::observe::trace::now_ns();
+        let now_ns = monotonic_ns();
         for rule in det.rules.iter().filter(|r| r.cfg.on == trigger) {
-            let mut ipbuf = [0u8; 16];
+            let mut ipbuf = [0u8; 17];
             let (who, key): (Subject<'_>, &[u8]) = match rule.cfg.key {
                 BanKeyKind::Ip => {
                     if det.cfg.exempt.iter().any(|n| n.contains(&client)) {
                         continue;
                     }
-                    let key = match client {
-                        IpAddr::V4(a) => {
-                            ipbuf[..4].copy_from_slice(&a.octets());
+                    // The client's network (its /64 for IPv6): rotating addresses inside it
+                    // counts as one client.
+                    let who = Subject::client(client, det.cfg.ipv6_prefix);
+                    let key = match who {
+                        Subject::Net(ipnet::IpNet::V4(n)) => {
+                            ipbuf[..4].copy_from_slice(&n.addr().octets());
                             &ipbuf[..4]
                         }
-                        IpAddr::V6(a) => {
-                            ipbuf = a.octets();
+                        Subject::Net(ipnet::IpNet::V6(n)) => {
+                            ipbuf[..16].copy_from_slice(&n.addr().octets());
+                            ipbuf[16] = n.prefix_len();
                             &ipbuf[..]
                         }
+                        Subject::Consumer(_) => continue,
                     };
-                    (Subject::Ip(client), key)
+                    (who, key)
                 }
                 BanKeyKind::Consumer => match consumer {
                     Some(c) => (Subject::Consumer(c), c.as_bytes()),

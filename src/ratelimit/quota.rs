@@ -21,6 +21,10 @@ use crate::store::{QuotaDelta, Store};
 const SHARDS: usize = 16;
 /// How often counts are written to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for a key's count on the request path.
+const READ_TIMEOUT: Duration = Duration::from_millis(250);
+/// Most counts waiting for the store (forgotten keys, ended periods, failed writes).
+const MAX_RETIRED: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -53,8 +57,9 @@ pub struct Quota {
     max_per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
     shards: Vec<Mutex<HashMap<Box<[u8]>, Entry>>>,
-    /// Counts of forgotten keys and ended periods, and failed writes, waiting for the store.
-    retired: Mutex<Vec<QuotaDelta>>,
+    /// Counts of forgotten keys and ended periods, and failed writes, waiting for the store,
+    /// by key text and period.
+    retired: Mutex<HashMap<(String, i64), u64>>,
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -104,10 +109,11 @@ fn key_text(key: &[u8]) -> String {
                 .map_or_else(|_| "ip:?".into(), |v6| format!("ip:{}", std::net::Ipv6Addr::from(v6))),
         },
         Some((b'c', n)) => format!("consumer:{}", String::from_utf8_lossy(n)),
-        Some((_, v)) => match std::str::from_utf8(v) {
-            Ok(s) => format!("header:{s}"),
-            Err(_) => format!("header-hex:{}", crate::hex::encode(v)),
-        },
+        // A header may carry a secret: the store keeps its SHA-256, not the value.
+        Some((_, v)) => format!(
+            "header-sha256:{}",
+            crate::hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, v).as_ref())
+        ),
         None => String::new(),
     }
 }
@@ -121,7 +127,7 @@ impl Quota {
             max_per_shard: (cfg.max_keys / SHARDS).max(1),
             hasher: std::collections::hash_map::RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            retired: Mutex::new(Vec::new()),
+            retired: Mutex::new(HashMap::new()),
         }
     }
 
@@ -147,12 +153,9 @@ impl Quota {
 
     fn retire(&self, key: &[u8], e: &Entry) {
         if e.unflushed > 0 {
-            self.retired.lock().push(QuotaDelta {
-                route: self.route.to_string(),
-                key: key_text(key),
-                period: e.period,
-                delta: e.unflushed,
-            });
+            let d =
+                QuotaDelta { route: self.route.to_string(), key: key_text(key), period: e.period, delta: e.unflushed };
+            self.give_back(vec![d]);
         }
     }
 
@@ -184,31 +187,52 @@ impl Quota {
     /// Remember that `key` had used `used` in the period starting at `period` (as read from
     /// the store). A count already in memory (another request loaded it first) is kept.
     pub fn load(&self, key: &[u8], period: i64, used: u64) {
+        // Counts of this key and period forgotten but not yet written are still its own.
+        let waiting: u64 = {
+            let retired = self.retired.lock();
+            if retired.is_empty() { 0 } else { retired.get(&(key_text(key), period)).copied().unwrap_or(0) }
+        };
+        let used = used.saturating_add(waiting);
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut evicted = None;
+        let mut evicted = Vec::new();
         {
             let mut map = shard.lock();
-            if map.get(key).is_some_and(|e| e.period == period) {
-                return;
+            match map.get(key) {
+                Some(e) if e.period == period => return,
+                // A load for an older period than the one counting now changes nothing.
+                Some(e) if e.period > period => return,
+                Some(e) => {
+                    let old = *e;
+                    map.remove(key);
+                    evicted.push((Box::from(key), old));
+                }
+                None => {}
             }
             if map.len() >= self.max_per_shard {
-                // Forget one key: its pending count is written before anyone reads it again
-                // (at worst a second's requests of a returning key are missed).
+                // Forget one of a few sampled keys, preferring one with nothing pending: its
+                // pending count waits for the store and is added back if it returns.
                 let victim = map.iter().take(8).min_by_key(|(_, e)| e.unflushed).map(|(k, _)| k.clone());
-                if let Some(k) = victim {
-                    evicted = map.remove(&k).map(|e| (k, e));
+                if let Some(k) = victim
+                    && let Some(e) = map.remove(&k)
+                {
+                    evicted.push((k, e));
                 }
             }
             map.insert(Box::from(key), Entry { period, used, unflushed: 0 });
         }
-        if let Some((k, e)) = evicted {
+        for (k, e) in evicted {
             self.retire(&k, &e);
         }
     }
 
     /// Take every count not yet in the store.
     pub fn drain(&self) -> Vec<QuotaDelta> {
-        let mut out = std::mem::take(&mut *self.retired.lock());
+        let retired = std::mem::take(&mut *self.retired.lock());
+        let route = self.route.to_string();
+        let mut out: Vec<QuotaDelta> = retired
+            .into_iter()
+            .map(|((key, period), delta)| QuotaDelta { route: route.clone(), key, period, delta })
+            .collect();
         for shard in &self.shards {
             let mut map = shard.lock();
             for (k, e) in map.iter_mut().filter(|(_, e)| e.unflushed > 0) {
@@ -224,9 +248,23 @@ impl Quota {
         out
     }
 
-    /// Give back counts that could not be written.
+    /// Keep counts for the store (failed writes, forgotten keys), at most [`MAX_RETIRED`].
     fn give_back(&self, deltas: Vec<QuotaDelta>) {
-        self.retired.lock().extend(deltas);
+        let mut r = self.retired.lock();
+        let mut lost = 0;
+        for d in deltas {
+            let full = r.len() >= MAX_RETIRED;
+            match r.get_mut(&(d.key.clone(), d.period)) {
+                Some(n) => *n = n.saturating_add(d.delta),
+                None if full => lost += 1,
+                None => {
+                    r.insert((d.key, d.period), d.delta);
+                }
+            }
+        }
+        if lost > 0 {
+            tracing::warn!(lost, route = %self.route, "Too many quota counts waiting for the store; some are dropped");
+        }
     }
 
     /// Keys in memory.
@@ -243,6 +281,7 @@ pub struct Quotas {
     retiring: Mutex<Vec<Arc<Quota>>>,
     /// The store counts are read from (set while one is open).
     store: Mutex<Option<Arc<dyn Store>>>,
+    unread: std::sync::atomic::AtomicU64,
 }
 
 impl Quotas {
@@ -258,25 +297,50 @@ impl Quotas {
         if let Some(d) = q.check(key, now) {
             return d;
         }
-        let period = q.period(now);
+        let (period, next) = period_bounds(q.cfg.period, now);
         let store = self.store.lock().clone();
-        let used = match store {
-            Some(s) => match s.quota_used(q.route(), &key_text(key), period).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, route = q.route(), "Cannot read quota usage from the store; counting from zero");
-                    0
+        let read = match store {
+            Some(s) => {
+                match tokio::time::timeout(READ_TIMEOUT, s.quota_used(q.route(), &key_text(key), period)).await {
+                    Ok(Ok(n)) => Some(n),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, route = q.route(), "Cannot read quota usage from the store; this request is let through uncounted");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            route = q.route(),
+                            "Reading quota usage from the store took too long; this request is let through uncounted"
+                        );
+                        None
+                    }
                 }
-            },
-            None => 0,
+            }
+            None => Some(0),
+        };
+        let Some(used) = read else {
+            // Fail open, and remember nothing: the next request reads the store again.
+            self.unread.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let limit = q.limit();
+            return Decision {
+                allowed: true,
+                limit,
+                remaining: limit,
+                reset_secs: u64::try_from(next - now).unwrap_or(0),
+            };
         };
         q.load(key, period, used);
         q.check(key, now).unwrap_or(Decision {
             allowed: true,
             limit: q.limit(),
             remaining: q.limit().saturating_sub(used + 1),
-            reset_secs: u64::try_from(period_bounds(q.cfg.period, now).1 - now).unwrap_or(0),
+            reset_secs: u64::try_from(next - now).unwrap_or(0),
         })
+    }
+
+    /// Requests let through uncounted because the store could not be read.
+    pub fn unread(&self) -> u64 {
+        self.unread.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The quota of each route (indexed like `routes`).
@@ -391,7 +455,7 @@ mod tests {
         let p = q.period(now);
         let mut total = 0;
         for i in 0u32..100_000 {
-            let k = [b'c', (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            let k = format!("cuser-{i}").into_bytes();
             q.load(&k, p, 0);
             assert!(q.check(&k, now).is_some_and(|d| d.allowed));
             total += 1;
@@ -404,7 +468,9 @@ mod tests {
     #[test]
     fn key_texts() {
         assert_eq!(key_text(&[b'i', 10, 0, 0, 1]), "ip:10.0.0.1");
-        assert_eq!(key_text(b"hgold"), "header:gold");
-        assert_eq!(key_text(&[b'h', 0xff]), "header-hex:ff");
+        assert_eq!(
+            key_text(b"hgold"),
+            "header-sha256:24d7f03d8dc3c3666969e6fa5bb1fac4736d3f1353c28307ed51b320f9dc42d3"
+        );
     }
 }

@@ -177,7 +177,9 @@ impl Shared {
         let ids = store.identities().await.map_err(GatewayStartError::Store)?;
         tracing::info!(consumers = ids.consumers.len(), keys = ids.keys.len(), "Store opened");
         self.directory.store(Arc::new(Directory::from_store(&ids)));
-        let stop = self.shutdown.child_token();
+        // Not a child of `shutdown`: the store keeps syncing (bans lifted, quota counts
+        // written) while requests drain; shutdown stops it after.
+        let stop = CancellationToken::new();
         tokio::spawn(crate::auth::directory::sync(store.clone(), self.directory.clone(), stop.clone()));
         let seen = crate::protect::bans::load(&*store, &self.protection.bans).await;
         tokio::spawn(crate::protect::bans::sync(store.clone(), self.protection.bans.clone(), stop.clone(), seen));
@@ -447,6 +449,13 @@ impl crate::admin::Node for NodeView {
         );
         self.0.shared.events.write_metrics(&mut out);
         self.0.shared.protection.write_metrics(&mut out);
+        family(
+            &mut out,
+            "portcullis_quota_unread_total",
+            "Requests let through uncounted because their quota could not be read from the store.",
+            "counter",
+            [(String::new(), self.0.shared.quotas.unread())],
+        );
         self.0.shared.audit.write_metrics(&mut out);
         family(
             &mut out,

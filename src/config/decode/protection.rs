@@ -42,6 +42,11 @@ pub(super) fn decode_protection(d: &mut Decoder<'_>, node: &Node, path: &str) ->
     if let Some((n, p)) = f.get("exempt") {
         out.exempt = nets(d, n, &p);
     }
+    if let Some((n, p)) = f.get("ipv6_prefix")
+        && let Some(v) = integer(d, n, &p, 32, 128)
+    {
+        out.ipv6_prefix = v as u8;
+    }
     f.finish(d);
     out
 }
@@ -125,6 +130,11 @@ fn decode_ban_rule(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<BanRu
             &join(path, "key"),
             "a failed authentication has no consumer; count `auth_failures` by `key: ip`",
         );
+    }
+    if let Some(m) = max_ban_for
+        && m < ban_for
+    {
+        d.err(node.pos, &join(path, "max_ban_for"), "must be at least `ban_for`");
     }
     let max_ban_for = max_ban_for.unwrap_or(Duration::from_secs(24 * 3600)).max(ban_for);
     Some(BanRule { on, threshold: threshold?, window: window?, ban_for, max_ban_for, key, max_keys })
