@@ -58,6 +58,10 @@ pub enum GatewayError {
         /// Seconds until the period ends.
         reset_secs: u64,
     },
+    /// Rate limits are shared through Redis, Redis is unreachable, and
+    /// `cluster.redis_failure: closed` (503).
+    #[error("shared rate limits are unavailable")]
+    LimitsUnavailable,
     /// The client (or its consumer) is banned or refused by IP rules (403).
     #[error("client blocked")]
     Blocked,
@@ -168,6 +172,11 @@ impl GatewayError {
                 format!("the quota of this route for the period is used up; it resets in {reset_secs} s"),
             ),
             GatewayError::Blocked => (StatusCode::FORBIDDEN, "Forbidden", "this client is blocked".into()),
+            GatewayError::LimitsUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "rate limits cannot be checked right now; try again later".into(),
+            ),
             GatewayError::Forbidden => {
                 (StatusCode::FORBIDDEN, "Forbidden", "this caller is not allowed to use this route".into())
             }

@@ -289,7 +289,7 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
     let protection = f.get("protection").map(|(n, p)| protection::decode_protection(d, n, &p)).unwrap_or_default();
     let (access_log, tracing) =
         f.get("observability").and_then(|(n, p)| decode_observability(d, n, &p)).unwrap_or((None, None));
-    f.unsupported(d, "cluster", "`cluster`");
+    let cluster = f.get("cluster").and_then(|(n, p)| protection::decode_cluster(d, n, &p));
     f.finish(d);
     if let Some((a, pos)) = &admin
         && listeners.iter().any(|l| l.bind == a.bind && a.bind.port() != 0)
@@ -308,6 +308,7 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
         consumers,
         tracing,
         protection,
+        cluster,
     })
 }
 

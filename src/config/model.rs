@@ -32,6 +32,38 @@ pub struct Config {
     pub consumers: Vec<ConsumerConfig>,
     /// `protection:`: automated bans and IP rules.
     pub protection: ProtectionConfig,
+    /// `cluster:`: what nodes share (today: rate-limit buckets in Redis).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `cluster:`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `cluster.redis`: `redis://[:PASSWORD@]HOST:PORT[/DB]`, where rate-limit buckets live.
+    pub redis: String,
+    /// `cluster.redis_failure`: what rate limits do while Redis is unreachable.
+    pub redis_failure: RedisFailure,
+    /// `cluster.redis_timeout`: longest wait for one check (default 50ms).
+    pub redis_timeout: Duration,
+}
+
+/// `cluster.redis_failure`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// Fall back to this node's own limits (fail-open for the cluster: each node limits alone).
+    Local,
+    /// Refuse rate-limited requests with 503 (fail-closed).
+    Closed,
+}
+
+impl RedisFailure {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisFailure::Local => "local",
+            RedisFailure::Closed => "closed",
+        }
+    }
 }
 
 /// `protection:`

@@ -81,11 +81,12 @@ routes:
 
 #[test]
 fn unsupported_sections_are_refused_not_ignored() {
-    let src = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\ncluster: {}\n";
+    let src =
+        "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\ncluster: { redis: \"rediss://h:1\" }\n";
     let e = errors(src);
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("listeners[0].tls: TLS termination (`tls`) is not supported yet"), "{e:?}");
-    assert!(e[1].starts_with("gw.yaml:3:1: cluster:"), "{e:?}");
+    assert!(e[1].contains("cluster.redis: Redis over TLS (rediss://) is not supported yet"), "{e:?}");
 }
 
 const BASE: &str = "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\" }]\nupstreams: [{ name: u, targets: [{url: \"http://127.0.0.1:2\"}] }]\n";
@@ -453,4 +454,25 @@ fn quotas_need_a_store_and_a_known_period() {
     assert!(e.iter().any(|m| m.contains("routes[0].quota.period: unknown period `fortnight`")), "{e:?}");
     let e = errors(&with_store.replace("auth: [api_key]", "public: true"));
     assert!(e.iter().any(|m| m.contains("routes[0].quota.key: `key: consumer` needs a route with `auth`")), "{e:?}");
+}
+
+#[test]
+fn cluster_redis_settings() {
+    let ok = format!(
+        "{BASE}cluster: {{ redis: \"redis://:s3cret@127.0.0.1:6379/2\", redis_failure: closed, redis_timeout: 20ms }}\n"
+    );
+    let c = crate::config::parse("gw.yaml", &ok).expect("valid").cluster.expect("cluster");
+    assert_eq!((c.redis_failure, c.redis_timeout), (RedisFailure::Closed, std::time::Duration::from_millis(20)));
+    let defaults = format!("{BASE}cluster: {{ redis: \"redis://127.0.0.1\" }}\n");
+    let c = crate::config::parse("gw.yaml", &defaults).expect("valid").cluster.expect("cluster");
+    assert_eq!((c.redis_failure, c.redis_timeout), (RedisFailure::Local, std::time::Duration::from_millis(50)));
+    let bad = format!(
+        "{BASE}cluster: {{ redis: \"http://:s3cret@h\", redis_failure: maybe, redis_timeout: 1m, nodes: 3 }}\n"
+    );
+    let e = errors(&bad);
+    assert!(e.iter().any(|m| m.contains("cluster.redis: expected a URL like redis://")), "{e:?}");
+    assert!(e.iter().all(|m| !m.contains("s3cret")), "the password is never echoed: {e:?}");
+    assert!(e.iter().any(|m| m.contains("cluster.redis_failure: unknown value `maybe`")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("cluster.redis_timeout: at most 5s")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("cluster.nodes: unknown field")), "{e:?}");
 }

@@ -1,5 +1,6 @@
 //! Rate limits: GCRA (the generic cell rate algorithm) over a bounded, sharded key table;
-//! quotas per calendar period are in [`quota`].
+//! quotas per calendar period are in [`quota`]; buckets shared by nodes through Redis in
+//! [`shared`].
 //!
 //! A limit of `rate` per second with `burst` lets a key spend up to `burst` requests at once
 //! and then one every `1/rate` seconds. Each key's whole state is one number, its theoretical
@@ -10,6 +11,7 @@
 //! the table, only push out idle or nearly idle keys.
 
 pub mod quota;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -97,6 +99,21 @@ impl Limiter {
         }
         let remaining = (self.tolerance - (new_tat - now)) / self.interval;
         Decision { allowed: true, remaining, retry_after_ns: 0, reset_ns: new_tat - now }
+    }
+
+    /// Nanoseconds between requests at the steady rate.
+    pub fn interval_ns(&self) -> u64 {
+        self.interval
+    }
+
+    /// Nanoseconds the theoretical arrival time may run ahead of now (`burst` intervals).
+    pub fn tolerance_ns(&self) -> u64 {
+        self.tolerance
+    }
+
+    /// Count a refusal decided elsewhere (by a shared backend).
+    pub fn note_limited(&self) {
+        self.limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Requests refused so far.

@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub(crate) tracer: Option<Arc<Tracer>>,
     /// Each route's rate limiter, indexed like `config.routes`.
     pub(crate) limiters: Vec<Option<Arc<crate::ratelimit::Limiter>>>,
+    /// Where rate-limit buckets are shared with other nodes (`cluster.redis`), if anywhere.
+    pub(crate) shared_limits: Option<Arc<dyn crate::ratelimit::shared::SharedLimits>>,
     /// Each route's quota, indexed like `config.routes`.
     pub(crate) quotas: Vec<Option<Arc<crate::ratelimit::quota::Quota>>>,
     /// The protected routes with lower-case patterns, when public routes exist next to them:
@@ -99,6 +101,7 @@ impl Snapshot {
         let tracer = inner.tracer(config.tracing.as_ref());
         let limiters = inner.limiters(&config.routes);
         let quotas = inner.quotas.for_routes(&config.routes);
+        let shared_limits = inner.shared_limits(config.cluster.as_ref()).map_err(GatewayStartError::Cluster)?;
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
         let upstream_names = config.upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
         Ok(Snapshot {
@@ -116,6 +119,7 @@ impl Snapshot {
             tracer,
             limiters,
             quotas,
+            shared_limits,
         })
     }
 }
@@ -136,6 +140,8 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<Events>,
     /// Bans, IP rules and the detector (subscribed to `events`).
     pub(crate) protection: Arc<crate::protect::Protection>,
+    /// The Redis backend of shared rate limits, reused by a reload that keeps `cluster`.
+    redis: Mutex<Option<Arc<crate::ratelimit::shared::RedisLimits>>>,
     /// Quota counters, written to the store by a task.
     pub(crate) quotas: Arc<crate::ratelimit::quota::Quotas>,
     /// The audit log's recorder (writes into the store, when there is one).
@@ -212,6 +218,24 @@ impl Shared {
         out
     }
 
+    /// The shared rate-limit backend for `cfg` (the running one if its settings are the same).
+    fn shared_limits(
+        &self,
+        cfg: Option<&crate::config::ClusterConfig>,
+    ) -> Result<Option<Arc<dyn crate::ratelimit::shared::SharedLimits>>, String> {
+        let mut cur = self.redis.lock();
+        let Some(cfg) = cfg else {
+            *cur = None;
+            return Ok(None);
+        };
+        if let Some(r) = cur.as_ref().filter(|r| r.config() == cfg) {
+            return Ok(Some(r.clone()));
+        }
+        let fresh = Arc::new(crate::ratelimit::shared::RedisLimits::new(cfg)?);
+        *cur = Some(fresh.clone());
+        Ok(Some(fresh))
+    }
+
     fn tracer(&self, cfg: Option<&crate::config::TracingConfig>) -> Option<Arc<Tracer>> {
         keep_or_start(&self.tracer, cfg, |t| t.config(), |c| Tracer::start(c.clone(), self.trace_counters.clone()))
     }
@@ -266,6 +290,9 @@ pub enum GatewayStartError {
     /// Identity settings could not be compiled.
     #[error("{0}")]
     Auth(String),
+    /// `cluster` settings could not be used.
+    #[error("{0}")]
+    Cluster(String),
     /// `reload` was called on a gateway started without a file.
     #[error("this gateway was not started from a file")]
     NoFile,
@@ -449,6 +476,22 @@ impl crate::admin::Node for NodeView {
         );
         self.0.shared.events.write_metrics(&mut out);
         self.0.shared.protection.write_metrics(&mut out);
+        if let Some(r) = &snap.shared_limits {
+            family(
+                &mut out,
+                "portcullis_shared_limits_up",
+                "1 while the cluster's Redis answers rate-limit checks, 0 while limits fall back (cluster.redis_failure).",
+                "gauge",
+                [(String::new(), u64::from(r.up()))],
+            );
+            family(
+                &mut out,
+                "portcullis_shared_limits_failures_total",
+                "Rate-limit checks the cluster's Redis failed or did not answer in time.",
+                "counter",
+                [(String::new(), r.failures())],
+            );
+        }
         family(
             &mut out,
             "portcullis_quota_unread_total",

@@ -330,8 +330,9 @@ async fn identify<'s>(
     Ok(if rc.auth.contains(&AuthMethod::ApiKey) { auth.key_query() } else { None })
 }
 
-/// The route's `rate_limit`: count this request against its key's bucket.
-fn rate_limit(
+/// The route's `rate_limit`: count this request against its key's bucket (in Redis when
+/// the nodes share limits, else here).
+async fn rate_limit(
     ctx: &ConnCtx,
     snap: &Snapshot,
     idx: usize,
@@ -360,11 +361,25 @@ fn rate_limit(
         crate::config::RateKey::Ip => ip_key,
         crate::config::RateKey::Header(h) => headers.get(h).map_or(ip_key, HeaderValue::as_bytes),
     };
-    let d = limiter.check_now(key);
+    let route = snap.route_names.get(idx).map_or("", |n| &**n);
+    let d = match &snap.shared_limits {
+        None => limiter.check_now(key),
+        Some(shared) => match shared.check(route, key, limiter.interval_ns(), limiter.tolerance_ns()).await {
+            Ok(d) => {
+                if !d.allowed {
+                    limiter.note_limited();
+                }
+                d
+            }
+            Err(_) => match snap.config.cluster.as_ref().map(|c| c.redis_failure) {
+                Some(crate::config::RedisFailure::Closed) => return Err(GatewayError::LimitsUnavailable),
+                _ => limiter.check_now(key),
+            },
+        },
+    };
     if d.allowed {
         return Ok(());
     }
-    let route = snap.route_names.get(idx).map_or("", |n| &**n);
     ctx.gw.shared.events.publish(&SecurityEvent::Limited { client: ip, route, consumer });
     const NS: u64 = 1_000_000_000;
     let retry_after = d.retry_after_ns.div_ceil(NS).max(1);
@@ -481,7 +496,7 @@ async fn proxy(
         return Err(GatewayError::Blocked);
     }
     if let Some(limiter) = snap.limiters.get(idx).and_then(Option::as_ref) {
-        rate_limit(ctx, snap, idx, limiter, &parts.headers, outcome.consumer.as_deref())?;
+        rate_limit(ctx, snap, idx, limiter, &parts.headers, outcome.consumer.as_deref()).await?;
     }
     let quota = match snap.quotas.get(idx).and_then(Option::as_ref) {
         Some(q) => Some(quota(ctx, snap, idx, q, &parts.headers, outcome.consumer.as_deref()).await?),

@@ -1,4 +1,4 @@
-//! `protection` (ban rules, IP rules, exemptions) and a route's `quota`.
+//! `protection` (ban rules, IP rules, exemptions), a route's `quota`, and `cluster`.
 
 use super::*;
 
@@ -175,4 +175,49 @@ pub(super) fn decode_quota(d: &mut Decoder<'_>, node: &Node, path: &str) -> Opti
     }
     f.finish(d);
     Some(QuotaConfig { key: key?, limit: limit?, period: period?, max_keys })
+}
+
+pub(super) fn decode_cluster(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<ClusterConfig> {
+    let mut f = Fields::new(d, node, path)?;
+    let redis = match f.get("redis") {
+        Some((n, p)) => scalar(d, n, &p).and_then(|s| {
+            if s.starts_with("rediss://") {
+                d.err(n.pos, &p, "Redis over TLS (rediss://) is not supported yet in this version of Portcullis");
+                return None;
+            }
+            let ok = s.starts_with("redis://") && redis::Client::open(s).is_ok();
+            if !ok {
+                // Never echo the value: it may hold a password.
+                d.err(n.pos, &p, "expected a URL like redis://127.0.0.1:6379 or redis://:PASSWORD@HOST:PORT/DB");
+                return None;
+            }
+            Some(s.to_string())
+        }),
+        None => {
+            d.err(node.pos, &join(path, "redis"), "missing field `redis` (like redis://127.0.0.1:6379)");
+            None
+        }
+    };
+    let mut redis_failure = RedisFailure::Local;
+    if let Some((n, p)) = f.get("redis_failure")
+        && let Some(v) = scalar(d, n, &p)
+    {
+        match v {
+            "local" => redis_failure = RedisFailure::Local,
+            "closed" => redis_failure = RedisFailure::Closed,
+            other => d.err(n.pos, &p, format!("unknown value `{other}`; expected local or closed")),
+        }
+    }
+    let mut redis_timeout = Duration::from_millis(50);
+    if let Some((n, p)) = f.get("redis_timeout")
+        && let Some(v) = duration(d, n, &p)
+    {
+        if v > Duration::from_secs(5) {
+            d.err(n.pos, &p, "at most 5s: every rate-limited request waits for it");
+        } else {
+            redis_timeout = v;
+        }
+    }
+    f.finish(d);
+    Some(ClusterConfig { redis: redis?, redis_failure, redis_timeout })
 }

@@ -1,0 +1,185 @@
+//! Rate limits shared by several nodes: the same GCRA as [`super::Limiter`], kept in Redis
+//! and run as one Lua script per check, so nodes that share a Redis share every bucket.
+//!
+//! Owns the [`SharedLimits`] trait (what a cluster-wide limiter must do), its Redis backend,
+//! and the failure policy: a check that fails or takes longer than the timeout marks the
+//! backend down for a second; meanwhile checks do not touch Redis and the caller falls back
+//! as configured (`cluster.redis_failure`: this node's own limits, or refuse). The clock is
+//! Redis's (`TIME`), so nodes need not agree on time.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::Decision;
+use crate::config::ClusterConfig;
+
+/// How long the backend is left alone after a failure before one request tries it again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Why a shared check gave no decision (the caller falls back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The backend failed or timed out on this check.
+    Failed,
+    /// The backend failed recently and is not being tried.
+    Down,
+}
+
+/// The future of one shared check.
+pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<Decision, Unavailable>> + Send + 'a>>;
+
+/// A rate-limit store shared by nodes. Keys are scoped exactly as the in-memory limiter
+/// scopes them: per route, then per key (consumer, client IP bytes or header value).
+pub trait SharedLimits: Send + Sync + fmt::Debug {
+    /// Count one request of `key` on `route` against a GCRA of `interval_ns` per request and
+    /// `tolerance_ns` of burst, if it is allowed.
+    fn check<'a>(&'a self, route: &'a str, key: &'a [u8], interval_ns: u64, tolerance_ns: u64) -> CheckFuture<'a>;
+    /// Whether the backend answered its last check.
+    fn up(&self) -> bool;
+    /// Checks that failed (errors and timeouts).
+    fn failures(&self) -> u64;
+}
+
+/// GCRA in microseconds on Redis's clock. KEYS[1]: the bucket; ARGV: interval, tolerance.
+/// Returns {allowed, remaining, retry_after_us, reset_us}. The key expires when its bucket
+/// is full again, so idle keys cost Redis nothing.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > tolerance then
+  return {0, 0, new_tat - now - tolerance, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+"#;
+
+/// The Redis backend.
+pub struct RedisLimits {
+    cfg: ClusterConfig,
+    conn: ConnectionManager,
+    script: redis::Script,
+    /// Unix ms until which the backend is not tried (0: up).
+    down_until: AtomicU64,
+    /// One request at a time probes a backend that is down.
+    probing: AtomicBool,
+    failures: AtomicU64,
+}
+
+impl fmt::Debug for RedisLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the URL: it may hold a password.
+        f.debug_struct("RedisLimits").field("up", &self.up()).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisLimits {
+    /// A backend for `cfg.redis`; it connects on first use (a node starts while Redis is down).
+    pub fn new(cfg: &ClusterConfig) -> Result<RedisLimits, String> {
+        let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster.redis: {e}"))?;
+        let mc = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.redis_timeout))
+            .set_response_timeout(Some(cfg.redis_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, mc).map_err(|e| format!("cluster.redis: {e}"))?;
+        Ok(RedisLimits {
+            cfg: cfg.clone(),
+            conn,
+            script: redis::Script::new(SCRIPT),
+            down_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    fn failed(&self, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let was_up = self.down_until.swap(now_ms() + RETRY_AFTER_FAILURE.as_millis() as u64, Ordering::Relaxed) == 0;
+        if was_up {
+            tracing::warn!(
+                error = why,
+                fallback = self.cfg.redis_failure.name(),
+                "Redis for shared rate limits is unreachable"
+            );
+        }
+    }
+
+    async fn run(&self, route: &str, key: &[u8], interval_ns: u64, tolerance_ns: u64) -> Result<Decision, Unavailable> {
+        let down = self.down_until.load(Ordering::Relaxed);
+        if down != 0 && (now_ms() < down || self.probing.swap(true, Ordering::Relaxed)) {
+            return Err(Unavailable::Down);
+        }
+        // The bucket: a fixed prefix, the route, then the key's bytes (as the local limiter).
+        let mut bucket = Vec::with_capacity(12 + route.len() + key.len());
+        bucket.extend_from_slice(b"pcl:rl:");
+        bucket.extend_from_slice(route.as_bytes());
+        bucket.push(b':');
+        bucket.extend_from_slice(key);
+        let us = |ns: u64| ns.div_ceil(1_000).max(1);
+        let mut conn = self.conn.clone();
+        let mut invocation = self.script.key(bucket);
+        invocation.arg(us(interval_ns)).arg(us(tolerance_ns));
+        let result = tokio::time::timeout(self.cfg.redis_timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
+        if down != 0 {
+            self.probing.store(false, Ordering::Relaxed);
+        }
+        let v = match result {
+            Ok(Ok(v)) if v.len() == 4 => v,
+            Ok(Ok(_)) => {
+                self.failed("unexpected script reply");
+                return Err(Unavailable::Failed);
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                return Err(Unavailable::Failed);
+            }
+            Err(_) => {
+                self.failed("timed out");
+                return Err(Unavailable::Failed);
+            }
+        };
+        if self.down_until.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("Redis for shared rate limits answers again");
+        }
+        let ns = |us: i64| u64::try_from(us).unwrap_or(0).saturating_mul(1_000);
+        Ok(Decision {
+            allowed: v[0] == 1,
+            remaining: u64::try_from(v[1]).unwrap_or(0),
+            retry_after_ns: ns(v[2]),
+            reset_ns: ns(v[3]),
+        })
+    }
+}
+
+impl SharedLimits for RedisLimits {
+    fn check<'a>(&'a self, route: &'a str, key: &'a [u8], interval_ns: u64, tolerance_ns: u64) -> CheckFuture<'a> {
+        Box::pin(self.run(route, key, interval_ns, tolerance_ns))
+    }
+
+    fn up(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) == 0
+    }
+
+    fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
