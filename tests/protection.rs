@@ -399,6 +399,12 @@ async fn a_404_scan_bans_the_scanner_but_not_an_exempt_monitor_and_refused_consu
         assert_eq!(call_from(&monitor, &url(&format!("/missing/{i}")), None).await.0, 404);
     }
     assert_eq!(call_from(&monitor, &url("/open"), None).await.0, 200);
+    // Exempt means never refused by a ban, even one an operator makes.
+    let (s, _) = admin(&gw, "POST", "/api/v1/bans", &format!(r#"{{"key":"{BYSTANDER}","for":"1m"}}"#)).await;
+    assert_eq!(s, 201);
+    assert_eq!(call_from(&client_from(BYSTANDER), &url("/open"), None).await.0, 200);
+    let (s, _) = admin(&gw, "DELETE", &format!("/api/v1/bans/ip:{BYSTANDER}"), "").await;
+    assert_eq!(s, 204);
 
     // A consumer refused by `allow` three times is banned by name, from any address.
     let c = client();

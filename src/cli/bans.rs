@@ -61,7 +61,9 @@ fn key_of(key: &str) -> Result<String, ExitCode> {
     match Subject::parse(key) {
         Some(s) => Ok(s.to_string()),
         None => {
-            eprintln!("`{key}` is not a ban key: expected ip:ADDRESS, an address, or consumer:NAME");
+            eprintln!(
+                "`{key}` is not a ban key: expected ip:ADDRESS, ip:NETWORK/LEN, an address or network, or consumer:NAME"
+            );
             Err(ExitCode::from(1))
         }
     }

@@ -178,7 +178,8 @@ impl Protection {
         if !cfg.ip_allowed(ip) {
             return Some(BlockReason::IpRule);
         }
-        if self.bans.any() && self.bans.ip_banned(ip, now_ms()) {
+        // An exempt address is never refused by a ban (a neighbour's /64 ban included).
+        if self.bans.any() && self.bans.ip_banned(ip, now_ms()) && !cfg.exempt.iter().any(|n| n.contains(&ip)) {
             return Some(BlockReason::Banned);
         }
         None

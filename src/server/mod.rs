@@ -558,7 +558,7 @@ impl crate::admin::Node for NodeView {
 
 fn bad_ban_key(key: &str) -> String {
     let shown: String = key.chars().take(64).collect();
-    format!("`{shown}` is not a ban key: expected ip:ADDRESS, an address, or consumer:NAME")
+    format!("`{shown}` is not a ban key: expected ip:ADDRESS, ip:NETWORK/LEN, an address or network, or consumer:NAME")
 }
 
 /// A running gateway. Cheap to clone.
