@@ -128,12 +128,15 @@ impl RedisLimits {
         if down != 0 && (now_ms() < down || self.probing.swap(true, Ordering::Relaxed)) {
             return Err(Unavailable::Down);
         }
-        // The bucket: a fixed prefix, the route, then the key's bytes (as the local limiter).
-        let mut bucket = Vec::with_capacity(12 + route.len() + key.len());
+        // The bucket: a fixed prefix, the route, then the key (scoped as the local limiter
+        // scopes it) as SHA-256: a header value may be a secret, and Redis keys are visible to
+        // whoever runs Redis.
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+        let mut bucket = Vec::with_capacity(8 + route.len() + 1 + 64);
         bucket.extend_from_slice(b"pcl:rl:");
         bucket.extend_from_slice(route.as_bytes());
         bucket.push(b':');
-        bucket.extend_from_slice(key);
+        bucket.extend_from_slice(crate::hex::encode(digest.as_ref()).as_bytes());
         let us = |ns: u64| ns.div_ceil(1_000).max(1);
         let mut conn = self.conn.clone();
         let mut invocation = self.script.key(bucket);
