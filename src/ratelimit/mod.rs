@@ -45,7 +45,7 @@ pub struct Limiter {
     burst: u64,
     max_per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
-    shards: Vec<Mutex<HashMap<Box<[u8]>, u64>>>,
+    shards: Vec<Mutex<Shard>>,
     limited: std::sync::atomic::AtomicU64,
 }
 
@@ -61,7 +61,7 @@ impl Limiter {
             burst,
             max_per_shard: (max_keys / SHARDS).max(1),
             hasher: std::collections::hash_map::RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             limited: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -79,7 +79,8 @@ impl Limiter {
     /// Check (and, if allowed, count) one request of `key` at `now` (nanoseconds).
     pub fn check(&self, key: &[u8], now: u64) -> Decision {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut map = shard.lock();
+        let mut guard = shard.lock();
+        let Shard { map, next_purge } = &mut *guard;
         let tat = map.get(key).copied().unwrap_or(now).max(now);
         let new_tat = tat + self.interval;
         if new_tat - now > self.tolerance {
@@ -89,7 +90,7 @@ impl Limiter {
             return Decision { allowed: false, remaining: 0, retry_after_ns: retry, reset_ns: tat - now };
         }
         if !map.contains_key(key) && map.len() >= self.max_per_shard {
-            make_room(&mut map, now);
+            make_room(map, next_purge, now, self.interval);
         }
         match map.get_mut(key) {
             Some(t) => *t = new_tat,
@@ -132,7 +133,7 @@ impl Limiter {
 
     /// Keys remembered now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 
     /// Whether no key is remembered.
@@ -141,11 +142,26 @@ impl Limiter {
     }
 }
 
-fn make_room(map: &mut HashMap<Box<[u8]>, u64>, now: u64) {
-    let before = map.len();
-    map.retain(|_, tat| *tat > now);
-    if map.len() < before {
-        return;
+/// One shard: keys and their TATs, and when a full shard may next be scanned for keys whose
+/// bucket is full again.
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<Box<[u8]>, u64>,
+    next_purge: u64,
+}
+
+/// Make room for one key in a full shard: forget every key whose bucket is full again; if
+/// there is none, the sampled key whose bucket would be full soonest. A scan that freed
+/// nothing is not repeated for 64 intervals (and never sooner than 1 ms), so a shard full
+/// of active keys costs a sample, not a scan, per new key.
+fn make_room(map: &mut HashMap<Box<[u8]>, u64>, next_purge: &mut u64, now: u64, interval: u64) {
+    if now >= *next_purge {
+        let before = map.len();
+        map.retain(|_, tat| *tat > now);
+        if map.len() < before {
+            return;
+        }
+        *next_purge = now.saturating_add(interval.saturating_mul(64).max(1_000_000));
     }
     // Full of active keys: forget the sampled key whose bucket would be full soonest.
     if let Some(victim) = map.iter().take(SAMPLE).min_by_key(|(_, tat)| **tat).map(|(k, _)| k.clone()) {

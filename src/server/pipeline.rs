@@ -402,26 +402,31 @@ async fn quota(
     consumer: Option<&str>,
 ) -> Result<crate::ratelimit::quota::Decision, GatewayError> {
     let ip = ctx.peer.ip().to_canonical();
-    // A tag byte, then the consumer's name, the header's value, or the address's bytes.
-    let mut key = Vec::with_capacity(40);
-    match (q.key(), consumer) {
-        (crate::config::RateKey::Consumer, Some(c)) => {
-            key.push(b'c');
-            key.extend_from_slice(c.as_bytes());
-        }
+    // A tag byte, then the consumer's name, the header's value, or the address's bytes; on
+    // the stack unless it is long.
+    let octets = match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
+    let (tag, body): (u8, &[u8]) = match (q.key(), consumer) {
+        (crate::config::RateKey::Consumer, Some(c)) => (b'c', c.as_bytes()),
         (crate::config::RateKey::Header(h), _) if headers.contains_key(h) => {
-            key.push(b'h');
-            key.extend_from_slice(headers.get(h).map_or(&[][..], HeaderValue::as_bytes));
+            (b'h', headers.get(h).map_or(&[][..], HeaderValue::as_bytes))
         }
-        _ => {
-            key.push(b'i');
-            match ip {
-                std::net::IpAddr::V4(a) => key.extend_from_slice(&a.octets()),
-                std::net::IpAddr::V6(a) => key.extend_from_slice(&a.octets()),
-            }
-        }
-    }
-    let d = ctx.gw.shared.quotas.check(q, &key, crate::store::now()).await;
+        _ if ip.is_ipv4() => (b'i', &octets[12..]),
+        _ => (b'i', &octets[..]),
+    };
+    let mut buf = [0u8; 80];
+    let long;
+    let key: &[u8] = if body.len() < buf.len() {
+        buf[0] = tag;
+        buf[1..=body.len()].copy_from_slice(body);
+        &buf[..=body.len()]
+    } else {
+        long = [&[tag][..], body].concat();
+        &long
+    };
+    let d = ctx.gw.shared.quotas.check(q, key, crate::store::now()).await;
     if d.allowed {
         return Ok(d);
     }
