@@ -71,16 +71,8 @@ cluster: {{ redis: "redis://127.0.0.1:{redis_port}", redis_failure: {failure}, r
 
 async fn metric(gw: &TestGateway, name: &str) -> f64 {
     let (_, _, text) = get(&format!("http://{}/metrics", gw.gw.admin_addr().expect("admin"))).await;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            _ => -1.0,
-        })
-        .unwrap_or(-1.0)
+    assert!(text.contains(name), "{name} missing from /metrics");
+    metric_sum(&text, name, &[])
 }
 
 #[tokio::test]

@@ -72,19 +72,6 @@ async fn raw_within(ip: &str, to: SocketAddr, wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
 async fn admin(gw: &portcullis::server::Gateway, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     let addr = gw.admin_addr().expect("admin");
     let req = Request::builder()
@@ -188,10 +175,10 @@ async fn twenty_bad_keys_ban_the_ip_until_ban_for_while_others_are_served() {
     let first_len = bans[0]["until_ms"].as_i64().expect("until") - bans[0]["created_ms"].as_i64().expect("created");
     assert_eq!(first_len, 2_000);
     let (_, _, text) = get(&format!("http://{}/metrics", gw.admin_addr().expect("admin"))).await;
-    assert_eq!(metric(&text, "portcullis_bans_total", &[("on", "auth_failures")]), 1.0, "{text}");
-    assert_eq!(metric(&text, "portcullis_bans_active", &[]), 1.0);
-    assert!(metric(&text, "portcullis_blocked_total", &[("reason", "banned"), ("stage", "accept")]) >= 1.0);
-    assert!(metric(&text, "portcullis_blocked_total", &[("reason", "banned"), ("stage", "request")]) >= 1.0);
+    assert_eq!(metric_sum(&text, "portcullis_bans_total", &[("on", "auth_failures")]), 1.0, "{text}");
+    assert_eq!(metric_sum(&text, "portcullis_bans_active", &[]), 1.0);
+    assert!(metric_sum(&text, "portcullis_blocked_total", &[("reason", "banned"), ("stage", "accept")]) >= 1.0);
+    assert!(metric_sum(&text, "portcullis_blocked_total", &[("reason", "banned"), ("stage", "request")]) >= 1.0);
 
     // Released after ban_for (2 s), not before.
     let banned_at = Instant::now();
@@ -365,9 +352,12 @@ async fn ip_rules_refuse_at_accept_and_per_request_after_a_reload() {
     assert!(raw_from(BYSTANDER, addr).await.starts_with("HTTP/1.1 403"), "denied inside allow");
     assert!(raw_from("127.0.0.9", addr).await.starts_with("HTTP/1.1 403"), "outside allow");
     let (_, _, text) = get(&format!("http://{}/metrics", gw.admin_addr().expect("admin"))).await;
-    assert!(metric(&text, "portcullis_blocked_total", &[("reason", "ip_rule"), ("stage", "accept")]) >= 3.0, "{text}");
-    assert_eq!(metric(&text, "portcullis_blocked_total", &[("reason", "ip_rule"), ("stage", "request")]), 1.0);
-    assert_eq!(metric(&text, "portcullis_bans_active", &[]), 0.0, "IP rules are not bans");
+    assert!(
+        metric_sum(&text, "portcullis_blocked_total", &[("reason", "ip_rule"), ("stage", "accept")]) >= 3.0,
+        "{text}"
+    );
+    assert_eq!(metric_sum(&text, "portcullis_blocked_total", &[("reason", "ip_rule"), ("stage", "request")]), 1.0);
+    assert_eq!(metric_sum(&text, "portcullis_bans_active", &[]), 0.0, "IP rules are not bans");
     gw.shutdown(Duration::from_secs(2)).await;
 }
 

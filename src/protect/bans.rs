@@ -91,6 +91,17 @@ struct Entry {
     offences: u32,
 }
 
+impl From<&BanRecord> for Entry {
+    fn from(r: &BanRecord) -> Entry {
+        Entry {
+            reason: Box::from(r.reason.as_str()),
+            created_ms: r.created_ms,
+            until_ms: r.until_ms,
+            offences: r.offences,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tables {
     nets: HashMap<IpNet, Entry>,
@@ -334,13 +345,7 @@ impl Bans {
                 tracing::warn!(key = %r.key, "The store holds a ban of an unreadable key; ignored");
                 continue;
             };
-            let e = Entry {
-                reason: Box::from(r.reason.as_str()),
-                created_ms: r.created_ms,
-                until_ms: r.until_ms,
-                offences: r.offences,
-            };
-            t.insert(who, e);
+            t.insert(who, Entry::from(r));
         }
         // Changes made here since the store was read are not in it yet: keep them.
         let mut cur = self.tables.write();
@@ -348,13 +353,7 @@ impl Bans {
             match w {
                 Write::Put(r) => {
                     if let Some(who) = Subject::parse(&r.key) {
-                        let e = Entry {
-                            reason: Box::from(r.reason.as_str()),
-                            created_ms: r.created_ms,
-                            until_ms: r.until_ms,
-                            offences: r.offences,
-                        };
-                        t.insert(who, e);
+                        t.insert(who, Entry::from(r));
                     }
                 }
                 Write::Remove(key) => {
