@@ -499,3 +499,47 @@ async fn the_admitted_rate_over_ten_seconds_is_the_configured_rate() {
         "admitted {admitted} in {secs:.2} s; expected {expected:.0} ± 5%"
     );
 }
+
+/// `portcullis bans … --admin URL` works on a running node through its admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bans_cli_works_online_through_the_admin_api() {
+    let up = TestUpstream::start("app").await;
+    let dir = scratch_dir();
+    let path = dir.join("gw.yaml");
+    std::fs::write(&path, config(&dir.join("state.db"), up.addr, "", "")).expect("write");
+    let gw = start(&path).await;
+    let addr = gw.local_addr("public").expect("listener");
+    let admin_url = format!("http://{}", gw.admin_addr().expect("admin"));
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(args).args(["--admin", &admin_url]).env_remove("PORTCULLIS_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("PORTCULLIS_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().expect("run portcullis");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let token = Some("test-admin-token-0123456789");
+    let (code, _, err) = run(&["bans", "add", ATTACKER, "--for", "10m", "--reason", "cli drill"], token);
+    assert_eq!(code, 0, "{err}");
+    assert!(raw_from(ATTACKER, addr).await.starts_with("HTTP/1.1 403"), "banned at once");
+    let (code, out, _) = run(&["bans", "list", "--json"], token);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(list[0]["key"], format!("ip:{ATTACKER}"));
+    assert_eq!(list[0]["reason"], "cli drill");
+    // Without the token the node refuses, and the CLI says how to fix it.
+    let (code, _, err) = run(&["bans", "list"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("401") && err.contains("PORTCULLIS_ADMIN_TOKEN"), "{err}");
+    let (code, _, err) = run(&["bans", "unban", &format!("ip:{ATTACKER}")], token);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(call_from(&client_from(ATTACKER), &format!("http://{addr}/open"), None).await.0, 200);
+    let (code, _, err) = run(&["bans", "unban", ATTACKER], token);
+    assert_eq!(code, 1, "nothing left to lift: {err}");
+    gw.shutdown(Duration::from_secs(2)).await;
+}
