@@ -254,6 +254,9 @@ pub fn rescue(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> 
         h.insert(header::RETRY_AFTER, HeaderValue::from((*reset_secs).max(1)));
         set_quota_headers(h, *limit, 0, *reset_secs);
     }
+    if matches!(err, GatewayError::LimitsUnavailable) {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     if matches!(err, GatewayError::Blocked) {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -21,33 +21,65 @@ struct TestRedis {
 }
 
 impl TestRedis {
-    fn start_on(port: u16) -> TestRedis {
+    /// Start on `port`; `None` if it did not come up there (the port was taken, say).
+    fn try_start_on(port: u16) -> Option<TestRedis> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed to run these tests (apt-get install redis-server)");
-        let r = TestRedis { port, child };
-        // Up to 10 s for it to listen.
-        let mut tries = 0;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            tries += 1;
-            assert!(tries < 500, "redis-server did not start");
+        let mut r = TestRedis { port, child };
+        // Up to 10 s for it to answer PING (not just for something to listen on the port).
+        for _ in 0..500 {
+            if r.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            if ping(port) {
+                return Some(r);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
+        r.stop();
+        None
+    }
+
+    fn start_on(port: u16) -> TestRedis {
+        (0..20)
+            .find_map(|_| {
+                let r = Self::try_start_on(port);
+                if r.is_none() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                r
+            })
+            .expect("redis-server did not start on its old port")
     }
 
     fn start() -> TestRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        Self::start_on(port)
+        (0..5)
+            .find_map(|_| {
+                let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+                Self::try_start_on(port)
+            })
+            .expect("redis-server did not start")
     }
 
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a Redis answers PING on `port`.
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
 impl Drop for TestRedis {
@@ -64,7 +96,7 @@ listeners: [{{ name: public, bind: "127.0.0.1:0" }}]
 upstreams: [{{ name: app, targets: [{{ url: "http://{up}" }}] }}]
 routes:
   - {{ name: limited, match: {{ prefix: /limited }}, upstream: app, public: true, rate_limit: {{ key: ip, rate: 1/m, burst: 4 }} }}
-cluster: {{ redis: "redis://127.0.0.1:{redis_port}", redis_failure: {failure}, redis_timeout: 200ms }}
+cluster: {{ redis: "redis://127.0.0.1:{redis_port}", redis_failure: {failure}, redis_timeout: 1s }}
 "#
     )
 }
@@ -141,6 +173,7 @@ async fn with_redis_failure_closed_requests_are_refused_with_503() {
         let (status, h, body) = get(&gw.url("/limited")).await;
         assert_eq!(status, 503, "{body}");
         problem(503, &h, &body);
+        assert_eq!(h["retry-after"], "1");
     }
     assert_eq!(up.count(), 1, "nothing passed while limits could not be checked");
 }

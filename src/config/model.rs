@@ -37,7 +37,7 @@ pub struct Config {
 }
 
 /// `cluster:`
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// `cluster.redis`: `redis://[:PASSWORD@]HOST:PORT[/DB]`, where rate-limit buckets live.
     pub redis: String,
@@ -45,6 +45,21 @@ pub struct ClusterConfig {
     pub redis_failure: RedisFailure,
     /// `cluster.redis_timeout`: longest wait for one check (default 50ms).
     pub redis_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show only where it points.
+        let shown = match self.redis.rsplit_once('@') {
+            Some((_, host)) => format!("redis://***@{host}"),
+            None => self.redis.clone(),
+        };
+        f.debug_struct("ClusterConfig")
+            .field("redis", &shown)
+            .field("redis_failure", &self.redis_failure)
+            .field("redis_timeout", &self.redis_timeout)
+            .finish()
+    }
 }
 
 /// `cluster.redis_failure`

@@ -152,7 +152,7 @@ struct Shard {
 
 /// Make room for one key in a full shard: forget every key whose bucket is full again; if
 /// there is none, the sampled key whose bucket would be full soonest. A scan that freed
-/// nothing is not repeated for 64 intervals (and never sooner than 1 ms), so a shard full
+/// nothing is not repeated for 64 intervals (at least 1 ms, at most 1 s), so a shard full
 /// of active keys costs a sample, not a scan, per new key.
 fn make_room(map: &mut HashMap<Box<[u8]>, u64>, next_purge: &mut u64, now: u64, interval: u64) {
     if now >= *next_purge {
@@ -161,7 +161,7 @@ fn make_room(map: &mut HashMap<Box<[u8]>, u64>, next_purge: &mut u64, now: u64, 
         if map.len() < before {
             return;
         }
-        *next_purge = now.saturating_add(interval.saturating_mul(64).max(1_000_000));
+        *next_purge = now.saturating_add(interval.saturating_mul(64).clamp(1_000_000, 1_000_000_000));
     }
     // Full of active keys: forget the sampled key whose bucket would be full soonest.
     if let Some(victim) = map.iter().take(SAMPLE).min_by_key(|(_, tat)| **tat).map(|(k, _)| k.clone()) {

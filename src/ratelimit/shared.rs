@@ -2,24 +2,29 @@
 //! and run as one Lua script per check, so nodes that share a Redis share every bucket.
 //!
 //! Owns the [`SharedLimits`] trait (what a cluster-wide limiter must do), its Redis backend,
-//! and the failure policy: a check that fails or takes longer than the timeout marks the
-//! backend down for a second; meanwhile checks do not touch Redis and the caller falls back
-//! as configured (`cluster.redis_failure`: this node's own limits, or refuse). The clock is
-//! Redis's (`TIME`), so nodes need not agree on time.
+//! and the failure policy: a failed or late check falls back for that request; two in a row
+//! (connection trouble or timeouts, not an error Redis answered with) mark the backend down
+//! for a second, during which checks do not touch Redis and one request then probes it. The
+//! caller falls back as configured (`cluster.redis_failure`: this node's own limits, or
+//! refuse). The bucket clock is Redis's (`TIME`), so nodes need not agree on time.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use arc_swap::ArcSwap;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::Decision;
 use crate::config::ClusterConfig;
 
-/// How long the backend is left alone after a failure before one request tries it again.
+/// How long the backend is left alone after it is marked down before one request probes it.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Connection failures or timeouts in a row that mark the backend down.
+const DOWN_AFTER: u32 = 2;
 
 /// Why a shared check gave no decision (the caller falls back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,7 @@ pub trait SharedLimits: Send + Sync + fmt::Debug {
 /// Returns {allowed, remaining, retry_after_us, reset_us}. The key expires when its bucket
 /// is full again, so idle keys cost Redis nothing.
 const SCRIPT: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -66,13 +72,21 @@ return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - no
 /// The Redis backend.
 pub struct RedisLimits {
     cfg: ClusterConfig,
-    conn: ConnectionManager,
+    client: redis::Client,
+    manager: ConnectionManagerConfig,
+    /// Replaced by a fresh (lazy) one after a failure it may not recover from by itself (a
+    /// timeout on a half-open connection, a refused login).
+    conn: ArcSwap<ConnectionManager>,
     script: redis::Script,
-    /// Unix ms until which the backend is not tried (0: up).
+    /// Milliseconds on [`mono_ms`]'s clock until which the backend is not tried (0: up).
     down_until: AtomicU64,
+    /// Connection failures and timeouts in a row.
+    streak: AtomicU32,
     /// One request at a time probes a backend that is down.
     probing: AtomicBool,
     failures: AtomicU64,
+    /// When the connection was last replaced ([`mono_ms`]).
+    renewed: AtomicU64,
 }
 
 impl fmt::Debug for RedisLimits {
@@ -82,27 +96,46 @@ impl fmt::Debug for RedisLimits {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// Milliseconds since the first call, on the monotonic clock (never 0).
+fn mono_ms() -> u64 {
+    static ZERO: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let zero = *ZERO.get_or_init(tokio::time::Instant::now);
+    u64::try_from(zero.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+/// Clears the probing flag however the probe ends (a dropped request future included).
+struct Probe<'a>(Option<&'a AtomicBool>);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0 {
+            flag.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl RedisLimits {
     /// A backend for `cfg.redis`; it connects on first use (a node starts while Redis is down).
     pub fn new(cfg: &ClusterConfig) -> Result<RedisLimits, String> {
         let client = redis::Client::open(cfg.redis.as_str()).map_err(|e| format!("cluster.redis: {e}"))?;
-        let mc = redis::aio::ConnectionManagerConfig::new()
+        let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.redis_timeout))
             .set_response_timeout(Some(cfg.redis_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, mc).map_err(|e| format!("cluster.redis: {e}"))?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager.clone())
+            .map_err(|e| format!("cluster.redis: {e}"))?;
         Ok(RedisLimits {
             cfg: cfg.clone(),
-            conn,
+            client,
+            manager,
+            conn: ArcSwap::from_pointee(conn),
             script: redis::Script::new(SCRIPT),
             down_until: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             failures: AtomicU64::new(0),
+            renewed: AtomicU64::new(0),
         })
     }
 
@@ -111,9 +144,29 @@ impl RedisLimits {
         &self.cfg
     }
 
-    fn failed(&self, why: &str) {
+    /// A check failed. `connection`: the link is in doubt (an I/O error, a refused or
+    /// dropped connection, a timeout), not an error Redis answered with.
+    fn failed(&self, why: &str, connection: bool) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let was_up = self.down_until.swap(now_ms() + RETRY_AFTER_FAILURE.as_millis() as u64, Ordering::Relaxed) == 0;
+        // Start again from a fresh (lazy) connection, at most once a second: the manager
+        // does not recover from everything (a refused login, a half-open connection).
+        let now = mono_ms();
+        let last = self.renewed.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1_000
+            && self.renewed.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && let Ok(fresh) = ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone())
+        {
+            self.conn.store(std::sync::Arc::new(fresh));
+        }
+        if !connection {
+            tracing::warn!(error = why, "Redis refused a shared rate-limit check; this request falls back");
+            return;
+        }
+        if self.streak.fetch_add(1, Ordering::Relaxed) + 1 < DOWN_AFTER && self.down_until.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        let was_up = self.down_until.swap(mono_ms() + RETRY_AFTER_FAILURE.as_millis() as u64, Ordering::Relaxed) == 0;
         if was_up {
             tracing::warn!(
                 error = why,
@@ -125,41 +178,50 @@ impl RedisLimits {
 
     async fn run(&self, route: &str, key: &[u8], interval_ns: u64, tolerance_ns: u64) -> Result<Decision, Unavailable> {
         let down = self.down_until.load(Ordering::Relaxed);
-        if down != 0 && (now_ms() < down || self.probing.swap(true, Ordering::Relaxed)) {
+        let _probe = if down == 0 {
+            Probe(None)
+        } else if mono_ms() < down || self.probing.swap(true, Ordering::Acquire) {
             return Err(Unavailable::Down);
-        }
+        } else {
+            Probe(Some(&self.probing))
+        };
         // The bucket: a fixed prefix, the route, then the key (scoped as the local limiter
-        // scopes it) as SHA-256: a header value may be a secret, and Redis keys are visible to
-        // whoever runs Redis.
+        // scopes it) as its raw SHA-256: a header value may be a secret, and Redis keys are
+        // visible to whoever runs Redis.
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
-        let mut bucket = Vec::with_capacity(8 + route.len() + 1 + 64);
+        let mut bucket = Vec::with_capacity(8 + route.len() + 1 + 32);
         bucket.extend_from_slice(b"pcl:rl:");
         bucket.extend_from_slice(route.as_bytes());
         bucket.push(b':');
-        bucket.extend_from_slice(crate::hex::encode(digest.as_ref()).as_bytes());
-        let us = |ns: u64| ns.div_ceil(1_000).max(1);
-        let mut conn = self.conn.clone();
+        bucket.extend_from_slice(digest.as_ref());
+        // Microseconds; the tolerance is a whole number of intervals, so the burst is exact.
+        let interval_us = interval_ns.div_ceil(1_000).max(1);
+        let tolerance_us = interval_us.saturating_mul((tolerance_ns / interval_ns.max(1)).max(1));
+        let mut conn = ConnectionManager::clone(&self.conn.load());
         let mut invocation = self.script.key(bucket);
-        invocation.arg(us(interval_ns)).arg(us(tolerance_ns));
+        invocation.arg(interval_us).arg(tolerance_us);
         let result = tokio::time::timeout(self.cfg.redis_timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
-        if down != 0 {
-            self.probing.store(false, Ordering::Relaxed);
-        }
         let v = match result {
             Ok(Ok(v)) if v.len() == 4 => v,
             Ok(Ok(_)) => {
-                self.failed("unexpected script reply");
+                self.failed("unexpected script reply", false);
                 return Err(Unavailable::Failed);
             }
             Ok(Err(e)) => {
-                self.failed(&e.to_string());
+                let connection = e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.kind() == redis::ErrorKind::AuthenticationFailed;
+                self.failed(&e.to_string(), connection);
                 return Err(Unavailable::Failed);
             }
             Err(_) => {
-                self.failed("timed out");
+                self.failed("timed out", true);
                 return Err(Unavailable::Failed);
             }
         };
+        self.streak.store(0, Ordering::Relaxed);
         if self.down_until.swap(0, Ordering::Relaxed) != 0 {
             tracing::info!("Redis for shared rate limits answers again");
         }

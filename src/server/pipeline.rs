@@ -330,6 +330,50 @@ async fn identify<'s>(
     Ok(if rc.auth.contains(&AuthMethod::ApiKey) { auth.key_query() } else { None })
 }
 
+/// The key a rate limit or quota counts a request under: a tag byte (`c` consumer, `h`
+/// header value, `i` client address), so that no header value can pose as an address or a
+/// consumer, then the bytes; on the stack unless long. A consumer key without a consumer, or
+/// a header key without the header, counts under the address.
+struct LimitKey {
+    buf: [u8; 80],
+    len: usize,
+    long: Vec<u8>,
+}
+
+impl LimitKey {
+    fn new(
+        kind: &crate::config::RateKey,
+        ip: std::net::IpAddr,
+        headers: &http::HeaderMap,
+        consumer: Option<&str>,
+    ) -> LimitKey {
+        let octets = match ip {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(a) => a.octets(),
+        };
+        let (tag, body): (u8, &[u8]) = match (kind, consumer) {
+            (crate::config::RateKey::Consumer, Some(c)) => (b'c', c.as_bytes()),
+            (crate::config::RateKey::Header(h), _) if headers.contains_key(h) => {
+                (b'h', headers.get(h).map_or(&[][..], HeaderValue::as_bytes))
+            }
+            _ if ip.is_ipv4() => (b'i', &octets[12..]),
+            _ => (b'i', &octets[..]),
+        };
+        let mut k = LimitKey { buf: [0u8; 80], len: body.len() + 1, long: Vec::new() };
+        if body.len() < k.buf.len() {
+            k.buf[0] = tag;
+            k.buf[1..=body.len()].copy_from_slice(body);
+        } else {
+            k.long = [&[tag][..], body].concat();
+        }
+        k
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        if self.long.is_empty() { &self.buf[..self.len] } else { &self.long }
+    }
+}
+
 /// The route's `rate_limit`: count this request against its key's bucket (in Redis when
 /// the nodes share limits, else here).
 async fn rate_limit(
@@ -344,23 +388,8 @@ async fn rate_limit(
         return Ok(());
     };
     let ip = ctx.peer.ip().to_canonical();
-    // The address's bytes on the stack: no allocation per request.
-    let mut buf = [0u8; 16];
-    let ip_key: &[u8] = match ip {
-        std::net::IpAddr::V4(a) => {
-            buf[..4].copy_from_slice(&a.octets());
-            &buf[..4]
-        }
-        std::net::IpAddr::V6(a) => {
-            buf = a.octets();
-            &buf
-        }
-    };
-    let key = match &cfg.key {
-        crate::config::RateKey::Consumer => consumer.map_or(ip_key, str::as_bytes),
-        crate::config::RateKey::Ip => ip_key,
-        crate::config::RateKey::Header(h) => headers.get(h).map_or(ip_key, HeaderValue::as_bytes),
-    };
+    let key = LimitKey::new(&cfg.key, ip, headers, consumer);
+    let key = key.as_bytes();
     let route = snap.route_names.get(idx).map_or("", |n| &**n);
     let d = match &snap.shared_limits {
         None => limiter.check_now(key),
@@ -402,30 +431,8 @@ async fn quota(
     consumer: Option<&str>,
 ) -> Result<crate::ratelimit::quota::Decision, GatewayError> {
     let ip = ctx.peer.ip().to_canonical();
-    // A tag byte, then the consumer's name, the header's value, or the address's bytes; on
-    // the stack unless it is long.
-    let octets = match ip {
-        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        std::net::IpAddr::V6(a) => a.octets(),
-    };
-    let (tag, body): (u8, &[u8]) = match (q.key(), consumer) {
-        (crate::config::RateKey::Consumer, Some(c)) => (b'c', c.as_bytes()),
-        (crate::config::RateKey::Header(h), _) if headers.contains_key(h) => {
-            (b'h', headers.get(h).map_or(&[][..], HeaderValue::as_bytes))
-        }
-        _ if ip.is_ipv4() => (b'i', &octets[12..]),
-        _ => (b'i', &octets[..]),
-    };
-    let mut buf = [0u8; 80];
-    let long;
-    let key: &[u8] = if body.len() < buf.len() {
-        buf[0] = tag;
-        buf[1..=body.len()].copy_from_slice(body);
-        &buf[..=body.len()]
-    } else {
-        long = [&[tag][..], body].concat();
-        &long
-    };
+    let key = LimitKey::new(q.key(), ip, headers, consumer);
+    let key = key.as_bytes();
     let d = ctx.gw.shared.quotas.check(q, key, crate::store::now()).await;
     if d.allowed {
         return Ok(d);
@@ -580,4 +587,40 @@ async fn proxy(
     }
     rp.version = Version::HTTP_11;
     Ok(Response::from_parts(rp, GwBody::upstream(rb, loan, upstream.idle_timeout())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LimitKey;
+    use crate::config::RateKey;
+
+    #[test]
+    fn limit_keys_of_different_sources_never_collide() {
+        let ip: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+        let header = http::HeaderName::from_static("x-tenant");
+        let mut h = http::HeaderMap::new();
+        // A header value spelled like the consumer name, and like the address's bytes.
+        h.insert(&header, http::HeaderValue::from_static("app"));
+        let by_header = LimitKey::new(&RateKey::Header(header.clone()), ip, &h, None);
+        let by_consumer = LimitKey::new(&RateKey::Consumer, ip, &h, Some("app"));
+        let by_ip = LimitKey::new(&RateKey::Ip, ip, &h, Some("app"));
+        assert_eq!(by_header.as_bytes(), b"happ");
+        assert_eq!(by_consumer.as_bytes(), b"capp");
+        assert_eq!(by_ip.as_bytes(), [b'i', 127, 0, 0, 1]);
+        // Without the header, or without a consumer, the address counts.
+        assert_eq!(
+            LimitKey::new(&RateKey::Header(header), ip, &http::HeaderMap::new(), None).as_bytes(),
+            by_ip.as_bytes()
+        );
+        assert_eq!(LimitKey::new(&RateKey::Consumer, ip, &h, None).as_bytes(), by_ip.as_bytes());
+        // IPv6 keeps 16 bytes; a long value goes to the heap whole.
+        let v6 = LimitKey::new(&RateKey::Ip, "2001:db8::1".parse().expect("ip"), &h, None);
+        assert_eq!(v6.as_bytes().len(), 17);
+        let long = "x".repeat(300);
+        let mut h2 = http::HeaderMap::new();
+        h2.insert("x-long", http::HeaderValue::from_str(&long).expect("value"));
+        let k = LimitKey::new(&RateKey::Header(http::HeaderName::from_static("x-long")), ip, &h2, None);
+        assert_eq!(k.as_bytes().len(), 301);
+        assert_eq!(k.as_bytes()[0], b'h');
+    }
 }
