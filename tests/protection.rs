@@ -460,11 +460,13 @@ async fn slowloris_one_byte_a_second_is_cut_at_header_timeout_while_others_are_s
     assert_eq!(up.count(), 15);
 }
 
-/// A client far above the rate for 10 s gets the configured rate (±5%) plus the burst.
+/// A client far above the rate for 10 s gets the configured rate (±5%) plus the burst. The
+/// burst (half a second's worth) absorbs scheduling stalls of a loaded machine: a stall
+/// shorter than it loses no admission.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admitted_rate_over_ten_seconds_is_the_configured_rate() {
     let up = TestUpstream::start("app").await;
-    let extra = "  - { name: limited, match: { prefix: /limited }, upstream: up, public: true, rate_limit: { key: ip, rate: 40/s, burst: 5 } }\n";
+    let extra = "  - { name: limited, match: { prefix: /limited }, upstream: up, public: true, rate_limit: { key: ip, rate: 40/s, burst: 20 } }\n";
     let gw = TestGateway::start(&simple_config(&[up.addr], "", extra)).await;
     let url = gw.url("/limited");
     let admitted = Arc::new(AtomicUsize::new(0));
@@ -492,7 +494,7 @@ async fn the_admitted_rate_over_ten_seconds_is_the_configured_rate() {
     }
     let secs = started.elapsed().as_secs_f64();
     let admitted = admitted.load(Ordering::SeqCst) as f64;
-    let expected = 40.0 * secs + 5.0;
+    let expected = 40.0 * secs + 20.0;
     assert!(refused.load(Ordering::SeqCst) > 100, "the client was not above the rate");
     assert!(
         (admitted - expected).abs() <= expected * 0.05,
