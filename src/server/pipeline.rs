@@ -330,6 +330,17 @@ async fn identify<'s>(
     Ok(if rc.auth.contains(&AuthMethod::ApiKey) { auth.key_query() } else { None })
 }
 
+/// The client as limits and quotas count it: an IPv4 address, or an IPv6 address's network
+/// of `protection.ipv6_prefix` bits (one host usually holds a whole /64), as ban rules do.
+fn limit_ip(ip: std::net::IpAddr, v6_prefix: u8) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(a) => {
+            std::net::IpAddr::V6(ipnet::Ipv6Net::new(a, v6_prefix.min(128)).map_or(a, |n| n.trunc().addr()))
+        }
+        v4 => v4,
+    }
+}
+
 /// The key a rate limit or quota counts a request under: a tag byte (`c` consumer, `h`
 /// header value, `i` client address), so that no header value can pose as an address or a
 /// consumer, then the bytes; on the stack unless long. A consumer key without a consumer, or
@@ -388,7 +399,7 @@ async fn rate_limit(
         return Ok(());
     };
     let ip = ctx.peer.ip().to_canonical();
-    let key = LimitKey::new(&cfg.key, ip, headers, consumer);
+    let key = LimitKey::new(&cfg.key, limit_ip(ip, snap.config.protection.ipv6_prefix), headers, consumer);
     let key = key.as_bytes();
     let route = snap.route_names.get(idx).map_or("", |n| &**n);
     let d = match &snap.shared_limits {
@@ -431,7 +442,7 @@ async fn quota(
     consumer: Option<&str>,
 ) -> Result<crate::ratelimit::quota::Decision, GatewayError> {
     let ip = ctx.peer.ip().to_canonical();
-    let key = LimitKey::new(q.key(), ip, headers, consumer);
+    let key = LimitKey::new(q.key(), limit_ip(ip, snap.config.protection.ipv6_prefix), headers, consumer);
     let key = key.as_bytes();
     let d = ctx.gw.shared.quotas.check(q, key, crate::store::now()).await;
     if d.allowed {
@@ -591,7 +602,7 @@ async fn proxy(
 
 #[cfg(test)]
 mod tests {
-    use super::LimitKey;
+    use super::{LimitKey, limit_ip};
     use crate::config::RateKey;
 
     #[test]
@@ -613,6 +624,14 @@ mod tests {
             by_ip.as_bytes()
         );
         assert_eq!(LimitKey::new(&RateKey::Consumer, ip, &h, None).as_bytes(), by_ip.as_bytes());
+        // An IPv6 client counts by its /64 (as ban rules count it), IPv4 by its address.
+        let a = limit_ip("2001:db8:0:1:aaaa::1".parse().expect("ip"), 64);
+        let b = limit_ip("2001:db8:0:1:bbbb::2".parse().expect("ip"), 64);
+        let c = limit_ip("2001:db8:0:2::1".parse().expect("ip"), 64);
+        let key = |ip| LimitKey::new(&RateKey::Ip, ip, &h, None).as_bytes().to_vec();
+        assert_eq!(key(a), key(b));
+        assert_ne!(key(a), key(c));
+        assert_eq!(limit_ip(ip, 64), ip);
         // IPv6 keeps 16 bytes; a long value goes to the heap whole.
         let v6 = LimitKey::new(&RateKey::Ip, "2001:db8::1".parse().expect("ip"), &h, None);
         assert_eq!(v6.as_bytes().len(), 17);
