@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::protect::bans::{REPEAT_MEMORY_MS, Subject, now_ms};
+use crate::protect::bans::{REPEAT_MEMORY_MS, Subject};
 use crate::store::BanRecord;
 
 #[derive(Debug, Subcommand)]
@@ -46,7 +46,7 @@ fn print_list(list: &[BanRecord], json: bool) {
         return;
     }
     println!("{:<44} {:<24} {:>10} {:>8}  REASON", "KEY", "UNTIL", "LEFT", "OFFENCES");
-    let now = now_ms();
+    let now = crate::clock::unix_ms();
     for b in list {
         let until = crate::observe::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(b.until_ms.max(0) as u64));
         let left = format!("{}s", ((b.until_ms - now).max(0) as u64).div_ceil(1000));
@@ -130,7 +130,7 @@ fn percent(s: &str) -> String {
 fn offline(config: &Path, cmd: BansCmd) -> ExitCode {
     match cmd {
         BansCmd::List { json } => super::identity::with_store(config, async move |s| {
-            let (list, _) = s.bans(now_ms()).await?;
+            let (list, _) = s.bans(crate::clock::unix_ms()).await?;
             print_list(&list, json);
             Ok(ExitCode::SUCCESS)
         }),
@@ -150,7 +150,7 @@ fn offline(config: &Path, cmd: BansCmd) -> ExitCode {
             reason.retain(|c| !c.is_control());
             reason = reason.chars().take(200).collect();
             super::identity::with_store(config, async move |s| {
-                let now = now_ms();
+                let now = crate::clock::unix_ms();
                 let (known, _) = s.bans(now - REPEAT_MEMORY_MS).await?;
                 let offences = known.iter().find(|b| b.key == key).map_or(1, |b| b.offences.saturating_add(1));
                 let rec = BanRecord {

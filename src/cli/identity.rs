@@ -120,7 +120,7 @@ pub(crate) async fn audit(s: &dyn Store, kind: &str, detail: serde_json::Value) 
         _ => user,
     };
     let e = crate::store::audit::AuditEvent {
-        time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+        time_ms: crate::clock::unix_ms(),
         node: "cli".into(),
         kind: kind.into(),
         actor: format!("cli:{user}"),

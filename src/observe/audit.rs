@@ -78,10 +78,6 @@ impl Default for Audit {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Audit {
     /// Record into `store` from now on (`None`: stop recording). Starts the writer task the
     /// first time (call from within the runtime).
@@ -103,7 +99,7 @@ impl Audit {
             return;
         }
         let e = AuditEvent {
-            time_ms: now_ms(),
+            time_ms: crate::clock::unix_ms(),
             node: self.node.lock().clone(),
             kind: kind.to_string(),
             actor: actor.to_string(),

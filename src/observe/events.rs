@@ -200,7 +200,7 @@ impl Events {
             }
             SecurityEvent::Banned { key, reason, until_ms, offences, by } => {
                 if self.may_log_ban() {
-                    let secs = (until_ms - crate::protect::bans::now_ms()).max(0) / 1000;
+                    let secs = (until_ms - crate::clock::unix_ms()).max(0) / 1000;
                     tracing::warn!(target: "portcullis::security", event = "banned", key, reason, ban_seconds = secs, offences, by, "Banned");
                 }
             }

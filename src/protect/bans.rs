@@ -391,7 +391,7 @@ impl Bans {
         let mut written = 0;
         for (i, w) in batch.iter().enumerate() {
             let r = match w {
-                Write::Put(rec) => store.put_ban(rec, now_ms() - REPEAT_MEMORY_MS).await,
+                Write::Put(rec) => store.put_ban(rec, crate::clock::unix_ms() - REPEAT_MEMORY_MS).await,
                 Write::Remove(key) => store.remove_ban(key).await.map(|(_, g)| g),
             };
             match r {
@@ -412,18 +412,13 @@ impl Bans {
     }
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Load the store's bans into `bans` (before a node serves), and from now on queue changes
 /// for the store; the bans generation read, for [`sync`] (-1 if the store could not be read).
 pub async fn load(store: &dyn Store, bans: &Bans) -> i64 {
     bans.persist.store(true, Ordering::Relaxed);
-    match store.bans(now_ms() - REPEAT_MEMORY_MS).await {
+    match store.bans(crate::clock::unix_ms() - REPEAT_MEMORY_MS).await {
         Ok((rows, g)) => {
-            let now = now_ms();
+            let now = crate::clock::unix_ms();
             if rows.iter().any(|r| r.until_ms > now) {
                 tracing::info!(bans = rows.iter().filter(|r| r.until_ms > now).count(), "Bans loaded from the store");
             }
@@ -467,11 +462,11 @@ pub async fn sync(store: Arc<dyn Store>, bans: Arc<Bans>, stop: CancellationToke
         if current == seen {
             continue;
         }
-        match store.bans(now_ms() - REPEAT_MEMORY_MS).await {
+        match store.bans(crate::clock::unix_ms() - REPEAT_MEMORY_MS).await {
             Ok((rows, g)) if !stop.is_cancelled() => {
-                bans.replace(&rows, now_ms());
+                bans.replace(&rows, crate::clock::unix_ms());
                 seen = g;
-                tracing::info!(bans = bans.active_count(now_ms()), "Bans reloaded from the store");
+                tracing::info!(bans = bans.active_count(crate::clock::unix_ms()), "Bans reloaded from the store");
             }
             Ok(_) => break,
             Err(e) => tracing::warn!(error = %e, "Cannot read bans from the store; keeping those in memory"),

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use super::bans::{Bans, Subject, now_ms};
+use super::bans::{Bans, Subject};
 use crate::config::{BanKeyKind, BanRule, BanTrigger, ProtectionConfig};
 use crate::observe::events::{AuthOutcome, BlockReason, EventSink, Events, SecurityEvent};
 
@@ -113,14 +113,6 @@ impl Rule {
     }
 }
 
-/// Nanoseconds since the first call, on the monotonic clock (a wall-clock step must not
-/// stretch or shrink a window).
-fn monotonic_ns() -> u64 {
-    static ZERO: OnceLock<tokio::time::Instant> = OnceLock::new();
-    let zero = *ZERO.get_or_init(tokio::time::Instant::now);
-    u64::try_from(zero.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// The rules of one config version.
 #[derive(Debug, Default)]
 struct Detector {
@@ -179,7 +171,10 @@ impl Protection {
             return Some(BlockReason::IpRule);
         }
         // An exempt address is never refused by a ban (a neighbour's /64 ban included).
-        if self.bans.any() && self.bans.ip_banned(ip, now_ms()) && !cfg.exempt.iter().any(|n| n.contains(&ip)) {
+        if self.bans.any()
+            && self.bans.ip_banned(ip, crate::clock::unix_ms())
+            && !cfg.exempt.iter().any(|n| n.contains(&ip))
+        {
             return Some(BlockReason::Banned);
         }
         None
@@ -187,7 +182,7 @@ impl Protection {
 
     /// Whether the consumer is banned.
     pub fn consumer_banned(&self, name: &str) -> bool {
-        self.bans.any() && self.bans.consumer_banned(name, now_ms())
+        self.bans.any() && self.bans.consumer_banned(name, crate::clock::unix_ms())
     }
 
     /// An operator's ban: `who` for `len`.
@@ -198,7 +193,7 @@ impl Protection {
         len: std::time::Duration,
         by: &str,
     ) -> Option<crate::store::BanRecord> {
-        let rec = self.bans.ban_for(who, reason, len, now_ms())?;
+        let rec = self.bans.ban_for(who, reason, len, crate::clock::unix_ms())?;
         self.imposed[4].fetch_add(1, Ordering::Relaxed);
         self.announce(&rec, by);
         Some(rec)
@@ -206,7 +201,7 @@ impl Protection {
 
     /// An operator lifts the ban of `who`; whether one was in force.
     pub fn unban(&self, who: Subject<'_>, by: &str) -> bool {
-        let lifted = self.bans.lift(who, now_ms());
+        let lifted = self.bans.lift(who, crate::clock::unix_ms());
         if let Some(ev) = self.events.get().and_then(Weak::upgrade) {
             let key = who.to_string();
             ev.publish(&SecurityEvent::Unbanned { key: &key, by, was_banned: lifted });
@@ -232,7 +227,7 @@ impl Protection {
         if det.rules.is_empty() {
             return;
         }
-        let now_ns = monotonic_ns();
+        let now_ns = crate::clock::mono_ns();
         for rule in det.rules.iter().filter(|r| r.cfg.on == trigger) {
             let mut ipbuf = [0u8; 17];
             let (who, key): (Subject<'_>, &[u8]) = match rule.cfg.key {
@@ -267,7 +262,7 @@ impl Protection {
             }
             let c = &rule.cfg;
             let reason = format!("{}: {} within {}s", c.on.name(), c.threshold, c.window.as_secs_f64());
-            if let Some(rec) = self.bans.ban_by_rule(who, &reason, c.ban_for, c.max_ban_for, now_ms()) {
+            if let Some(rec) = self.bans.ban_by_rule(who, &reason, c.ban_for, c.max_ban_for, crate::clock::unix_ms()) {
                 self.imposed[trigger_index(trigger)].fetch_add(1, Ordering::Relaxed);
                 self.announce(&rec, "rule");
             }
@@ -289,7 +284,7 @@ impl Protection {
             "portcullis_bans_active",
             "Keys (client IPs and consumers) banned now.",
             "gauge",
-            [(String::new(), self.bans.active_count(now_ms()) as u64)],
+            [(String::new(), self.bans.active_count(crate::clock::unix_ms()) as u64)],
         );
         family(
             out,

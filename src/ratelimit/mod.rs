@@ -124,10 +124,8 @@ impl Limiter {
 
     /// Check `key` now, on the process's monotonic clock.
     pub fn check_now(&self, key: &[u8]) -> Decision {
-        static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-        let start = START.get_or_init(tokio::time::Instant::now);
         // Offset by a day so that "now" is never below a fresh key's implicit TAT of 0.
-        let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX / 2) + 86_400 * 1_000_000_000;
+        let now = crate::clock::mono_ns().min(u64::MAX / 2) + 86_400 * 1_000_000_000;
         self.check(key, now)
     }
 

@@ -11,7 +11,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -96,11 +95,9 @@ impl fmt::Debug for RedisLimits {
     }
 }
 
-/// Milliseconds since the first call, on the monotonic clock (never 0).
+/// Milliseconds on the monotonic clock, never 0 (0 means "up" in `down_until`).
 fn mono_ms() -> u64 {
-    static ZERO: OnceLock<tokio::time::Instant> = OnceLock::new();
-    let zero = *ZERO.get_or_init(tokio::time::Instant::now);
-    u64::try_from(zero.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    crate::clock::mono_ns() / 1_000_000 + 1
 }
 
 /// Clears the probing flag however the probe ends (a dropped request future included).

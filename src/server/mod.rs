@@ -377,7 +377,7 @@ impl crate::admin::Node for NodeView {
     }
 
     fn bans(&self) -> Vec<crate::store::BanRecord> {
-        self.0.shared.protection.bans.list(crate::protect::bans::now_ms())
+        self.0.shared.protection.bans.list(crate::clock::unix_ms())
     }
 
     fn ban(&self, key: &str, len: Duration, reason: &str) -> Result<crate::store::BanRecord, String> {
@@ -866,7 +866,7 @@ async fn sweep_bans(bans: Arc<crate::protect::bans::Bans>, stop: CancellationTok
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => bans.sweep(crate::protect::bans::now_ms()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => bans.sweep(crate::clock::unix_ms()),
         }
     }
 }
