@@ -15,6 +15,9 @@ pub mod shared;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use crate::config::RouteConfig;
 
 use parking_lot::Mutex;
 
@@ -138,6 +141,41 @@ impl Limiter {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Objects made for each route from its settings (a limiter, a quota), kept across reloads
+/// while the route keeps its name and settings. `cache` maps a route's name to the settings
+/// its object was made with. Returns each route's object, indexed like `routes`, and the
+/// objects replaced or no longer used.
+pub fn per_route<C: PartialEq + Clone, T>(
+    cache: &mut HashMap<String, (C, Arc<T>)>,
+    routes: &[RouteConfig],
+    settings: impl Fn(&RouteConfig) -> Option<&C>,
+    make: impl Fn(&RouteConfig, &C) -> T,
+) -> (Vec<Option<Arc<T>>>, Vec<Arc<T>>) {
+    let mut dropped = Vec::new();
+    let objects = routes
+        .iter()
+        .map(|r| {
+            let cfg = settings(r)?;
+            if let Some((c, o)) = cache.get(&r.name)
+                && c == cfg
+            {
+                return Some(o.clone());
+            }
+            let o = Arc::new(make(r, cfg));
+            dropped.extend(cache.insert(r.name.clone(), (cfg.clone(), o.clone())).map(|(_, old)| old));
+            Some(o)
+        })
+        .collect();
+    cache.retain(|name, (c, o)| {
+        let keep = routes.iter().any(|r| &r.name == name && settings(r) == Some(&*c));
+        if !keep {
+            dropped.push(o.clone());
+        }
+        keep
+    });
+    (objects, dropped)
 }
 
 /// One shard: keys and their TATs, and when a full shard may next be scanned for keys whose

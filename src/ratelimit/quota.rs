@@ -268,7 +268,8 @@ impl Quota {
     }
 
     /// Keys in memory.
-    pub fn keys(&self) -> usize {
+    #[cfg(test)]
+    fn keys(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
@@ -345,33 +346,10 @@ impl Quotas {
 
     /// The quota of each route (indexed like `routes`).
     pub fn for_routes(&self, routes: &[RouteConfig]) -> Vec<Option<Arc<Quota>>> {
-        let mut cache = self.by_route.lock();
-        let out = routes
-            .iter()
-            .map(|r| {
-                let cfg = r.quota.as_ref()?;
-                if let Some((c, q)) = cache.get(&r.name)
-                    && c == cfg
-                {
-                    return Some(q.clone());
-                }
-                let q = Arc::new(Quota::new(&r.name, cfg));
-                if let Some((_, old)) = cache.insert(r.name.clone(), (cfg.clone(), q.clone())) {
-                    self.retiring.lock().push(old);
-                }
-                Some(q)
-            })
-            .collect();
-        let mut gone = Vec::new();
-        cache.retain(|name, (c, q)| {
-            let keep = routes.iter().any(|r| &r.name == name && r.quota.as_ref() == Some(c));
-            if !keep {
-                gone.push(q.clone());
-            }
-            keep
-        });
-        self.retiring.lock().extend(gone);
-        out
+        let (quotas, replaced) =
+            super::per_route(&mut self.by_route.lock(), routes, |r| r.quota.as_ref(), |r, c| Quota::new(&r.name, c));
+        self.retiring.lock().extend(replaced);
+        quotas
     }
 
     /// Write every pending count to `store`; counts that fail stay pending.

@@ -199,23 +199,13 @@ impl Shared {
     }
 
     fn limiters(&self, routes: &[crate::config::RouteConfig]) -> Vec<Option<Arc<crate::ratelimit::Limiter>>> {
-        let mut cache = self.limiters.lock();
-        let out: Vec<_> = routes
-            .iter()
-            .map(|r| {
-                let cfg = r.rate_limit.as_ref()?;
-                if let Some((c, l)) = cache.get(&r.name)
-                    && c == cfg
-                {
-                    return Some(l.clone());
-                }
-                let l = Arc::new(crate::ratelimit::Limiter::new(cfg.per_second, cfg.burst, cfg.max_keys));
-                cache.insert(r.name.clone(), (cfg.clone(), l.clone()));
-                Some(l)
-            })
-            .collect();
-        cache.retain(|name, (c, _)| routes.iter().any(|r| &r.name == name && r.rate_limit.as_ref() == Some(c)));
-        out
+        let (limiters, _) = crate::ratelimit::per_route(
+            &mut self.limiters.lock(),
+            routes,
+            |r| r.rate_limit.as_ref(),
+            |_, c| crate::ratelimit::Limiter::new(c.per_second, c.burst, c.max_keys),
+        );
+        limiters
     }
 
     /// The shared rate-limit backend for `cfg` (the running one if its settings are the same).
@@ -223,17 +213,13 @@ impl Shared {
         &self,
         cfg: Option<&crate::config::ClusterConfig>,
     ) -> Result<Option<Arc<dyn crate::ratelimit::shared::SharedLimits>>, String> {
-        let mut cur = self.redis.lock();
-        let Some(cfg) = cfg else {
-            *cur = None;
-            return Ok(None);
-        };
-        if let Some(r) = cur.as_ref().filter(|r| r.config() == cfg) {
-            return Ok(Some(r.clone()));
-        }
-        let fresh = Arc::new(crate::ratelimit::shared::RedisLimits::new(cfg)?);
-        *cur = Some(fresh.clone());
-        Ok(Some(fresh))
+        let running = keep_or_try_start(
+            &self.redis,
+            cfg,
+            |r| r.config(),
+            |c| crate::ratelimit::shared::RedisLimits::new(c).map(Arc::new),
+        )?;
+        Ok(running.map(|r| r as Arc<dyn crate::ratelimit::shared::SharedLimits>))
     }
 
     fn tracer(&self, cfg: Option<&crate::config::TracingConfig>) -> Option<Arc<Tracer>> {
@@ -254,17 +240,28 @@ fn keep_or_start<C: PartialEq, T>(
     config_of: impl Fn(&T) -> &C,
     start: impl FnOnce(&C) -> Arc<T>,
 ) -> Option<Arc<T>> {
+    let started: Result<_, std::convert::Infallible> = keep_or_try_start(slot, cfg, config_of, |c| Ok(start(c)));
+    started.unwrap_or_else(|never| match never {})
+}
+
+/// [`keep_or_start`] for parts whose start can fail (the running one is kept then).
+fn keep_or_try_start<C: PartialEq, T, E>(
+    slot: &Mutex<Option<Arc<T>>>,
+    cfg: Option<&C>,
+    config_of: impl Fn(&T) -> &C,
+    start: impl FnOnce(&C) -> Result<Arc<T>, E>,
+) -> Result<Option<Arc<T>>, E> {
     let mut cur = slot.lock();
     let Some(cfg) = cfg else {
         *cur = None;
-        return None;
+        return Ok(None);
     };
     if let Some(running) = cur.as_ref().filter(|r| config_of(r) == cfg) {
-        return Some(running.clone());
+        return Ok(Some(running.clone()));
     }
-    let fresh = start(cfg);
+    let fresh = start(cfg)?;
     *cur = Some(fresh.clone());
-    Some(fresh)
+    Ok(Some(fresh))
 }
 
 /// Errors starting or reloading.
