@@ -165,27 +165,15 @@ struct BanRequest {
     reason: Option<String>,
 }
 
-/// Longest operator-given reason kept.
-const MAX_REASON: usize = 200;
-
 async fn ban(State(st): State<AppState>, body: axum::body::Bytes) -> Response {
     let req: BanRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return problem(StatusCode::BAD_REQUEST, "Bad Request", &format!("invalid ban request: {e}")),
     };
-    let len = match crate::config::units::parse_duration(&req.len) {
-        Ok(d) if !d.is_zero() && d <= Duration::from_secs(365 * 24 * 3600) => d,
-        _ => return problem(StatusCode::BAD_REQUEST, "Bad Request", "`for` must be a duration like 15m, up to 365d"),
+    let Some(len) = crate::protect::bans::operator_ban_length(&req.len) else {
+        return problem(StatusCode::BAD_REQUEST, "Bad Request", "`for` must be a duration like 15m, up to 365d");
     };
-    let mut reason = req.reason.unwrap_or_else(|| "banned by an operator".into());
-    reason.retain(|c| !c.is_control());
-    if reason.len() > MAX_REASON {
-        let mut cut = MAX_REASON;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-    }
+    let reason = crate::protect::bans::operator_reason(req.reason);
     match st.node.ban(&req.key, len, &reason) {
         Ok(rec) => (StatusCode::CREATED, axum::Json(rec)).into_response(),
         Err(e) => problem(StatusCode::BAD_REQUEST, "Bad Request", &e),

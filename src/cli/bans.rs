@@ -139,16 +139,11 @@ fn offline(config: &Path, cmd: BansCmd) -> ExitCode {
                 Ok(k) => k,
                 Err(code) => return code,
             };
-            let len = match crate::config::units::parse_duration(&len) {
-                Ok(d) if !d.is_zero() && d <= Duration::from_secs(365 * 24 * 3600) => d,
-                _ => {
-                    eprintln!("--for must be a duration like 15m, 2h or 7d (at most 365d)");
-                    return ExitCode::from(1);
-                }
+            let Some(len) = crate::protect::bans::operator_ban_length(&len) else {
+                eprintln!("--for must be a duration like 15m, 2h or 7d (at most 365d)");
+                return ExitCode::from(1);
             };
-            let mut reason = reason.unwrap_or_else(|| "banned by an operator".into());
-            reason.retain(|c| !c.is_control());
-            reason = reason.chars().take(200).collect();
+            let reason = crate::protect::bans::operator_reason(reason);
             super::identity::with_store(config, async move |s| {
                 let now = crate::clock::unix_ms();
                 let (known, _) = s.bans(now - REPEAT_MEMORY_MS).await?;

@@ -29,6 +29,29 @@ const MAX_PENDING: usize = 10_000;
 /// How often the store is written and read.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 
+/// Longest ban an operator may impose.
+pub const MAX_OPERATOR_BAN: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest operator-given reason kept, in bytes.
+const MAX_REASON: usize = 200;
+
+/// An operator's ban length (`15m`, `2h`, `7d`): more than zero, at most [`MAX_OPERATOR_BAN`].
+pub fn operator_ban_length(s: &str) -> Option<Duration> {
+    crate::config::units::parse_duration(s).ok().filter(|d| !d.is_zero() && *d <= MAX_OPERATOR_BAN)
+}
+
+/// An operator's reason as kept: control characters removed, at most 200 bytes (cut on a
+/// character boundary); a default when none is given.
+pub fn operator_reason(reason: Option<String>) -> String {
+    let mut reason = reason.unwrap_or_else(|| "banned by an operator".into());
+    reason.retain(|c| !c.is_control());
+    let mut cut = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    reason.truncate(cut);
+    reason
+}
+
 /// Who a ban is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject<'a> {

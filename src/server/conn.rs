@@ -77,6 +77,7 @@ pub(crate) async fn serve(
         let ctx = Arc::new(ConnCtx {
             gw,
             peer,
+            client: peer.ip().to_canonical(),
             client_ip: client_ip_value(peer.ip()),
             limits,
             state: Some(state.clone()),
@@ -128,6 +129,7 @@ pub(crate) async fn serve(
         let ctx = Arc::new(ConnCtx {
             gw,
             peer,
+            client: peer.ip().to_canonical(),
             client_ip: client_ip_value(peer.ip()),
             limits,
             state: Some(state),

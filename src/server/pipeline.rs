@@ -39,6 +39,8 @@ use crate::upstream::{Call, proxy_body};
 pub(crate) struct ConnCtx {
     pub(crate) gw: Arc<Inner>,
     pub(crate) peer: SocketAddr,
+    /// The peer's address as every check sees it (an IPv4-mapped IPv6 address as IPv4).
+    pub(crate) client: std::net::IpAddr,
     /// `X-Forwarded-For` for this client, made once.
     pub(crate) client_ip: HeaderValue,
     pub(crate) limits: ListenerLimits,
@@ -202,7 +204,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         },
         metrics: &ctx.gw.shared.metrics,
         events: &ctx.gw.shared.events,
-        client: ctx.peer.ip().to_canonical(),
+        client: ctx.client,
         request_id: request_id.clone(),
         progress: progress.clone(),
         snap,
@@ -291,7 +293,7 @@ async fn identify<'s>(
     let auth = &snap.auth;
     let events = &ctx.gw.shared.events;
     let route = snap.route_names.get(idx).map_or("", |n| &**n);
-    let client = ctx.peer.ip().to_canonical();
+    let client = ctx.client;
     if rc.auth.is_empty() {
         // A public route with `allow.ips`.
         if !Authenticator::authorise(&rc.allow, None, client) {
@@ -398,7 +400,7 @@ async fn rate_limit(
     let Some(cfg) = snap.config.routes.get(idx).and_then(|r| r.rate_limit.as_ref()) else {
         return Ok(());
     };
-    let ip = ctx.peer.ip().to_canonical();
+    let ip = ctx.client;
     let key = LimitKey::new(&cfg.key, limit_ip(ip, snap.config.protection.ipv6_prefix), headers, consumer);
     let key = key.as_bytes();
     let route = snap.route_names.get(idx).map_or("", |n| &**n);
@@ -441,7 +443,7 @@ async fn quota(
     headers: &http::HeaderMap,
     consumer: Option<&str>,
 ) -> Result<crate::ratelimit::quota::Decision, GatewayError> {
-    let ip = ctx.peer.ip().to_canonical();
+    let ip = ctx.client;
     let key = LimitKey::new(q.key(), limit_ip(ip, snap.config.protection.ipv6_prefix), headers, consumer);
     let key = key.as_bytes();
     let d = ctx.gw.shared.quotas.check(q, key, crate::store::now()).await;
@@ -465,7 +467,7 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
 
     // protect: bans and IP rules (for connections opened before a ban or a reload)
-    let client = ctx.peer.ip().to_canonical();
+    let client = ctx.client;
     let shared = &ctx.gw.shared;
     if let Some(reason) = shared.protection.refuse_ip(client, &snap.config.protection) {
         shared.events.publish(&SecurityEvent::Blocked { client, reason, at_accept: false });
