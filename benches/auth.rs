@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
     let es256 = token("ES256", "e", |m| ec.sign(&SystemRandom::new(), m).expect("sign").as_ref().to_vec());
 
     let run = |methods: &[AuthMethod], h: &HeaderMap| {
-        auth.authenticate(methods, h, None).now_or_never().expect("no fetch needed").is_ok()
+        auth.authenticate(methods, h, None, None).now_or_never().expect("no fetch needed").is_ok()
     };
     let mut h = HeaderMap::new();
     h.insert("x-api-key", HeaderValue::from_str(&keys[4242].key).expect("hv"));

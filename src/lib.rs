@@ -25,4 +25,5 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upstream;

@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde_json::Value;
 
 use crate::config::{AllowRule, AuthMethod, Config};
+use crate::tls::PeerCert;
 use directory::{ConsumerInfo, Directory};
 use jwt::{Issuer, JwtError};
 
@@ -66,6 +67,7 @@ pub fn method_name(m: AuthMethod) -> &'static str {
     match m {
         AuthMethod::ApiKey => "api_key",
         AuthMethod::Jwt => "jwt",
+        AuthMethod::Mtls => "mtls",
     }
 }
 
@@ -79,6 +81,8 @@ struct IdentityHeaders {
     scopes: HeaderName,
     auth: HeaderName,
     issuer: HeaderName,
+    /// A verified client certificate's subject, SANs and SHA-256 fingerprint.
+    cert: [HeaderName; 3],
 }
 
 /// Signs the identity assertion upstreams may verify instead of trusting plain headers.
@@ -186,12 +190,16 @@ pub struct Authenticator {
     tokens: jwt::TokenCache,
     headers: IdentityHeaders,
     assertion: Option<Assertion>,
+    /// `auth.mtls.consumer`: the certificate field naming the consumer.
+    cert_consumer: crate::config::CertField,
     /// `WWW-Authenticate` values for a 401 on routes with API keys only, JWT only, both;
     /// and for a bad bearer token.
     challenge_key: HeaderValue,
     challenge_bearer: HeaderValue,
     challenge_both: HeaderValue,
     challenge_invalid_token: HeaderValue,
+    /// For routes taking client certificates only (no HTTP scheme asks for one).
+    challenge_cert: HeaderValue,
 }
 
 impl Authenticator {
@@ -218,6 +226,7 @@ impl Authenticator {
             scopes: name("scopes")?,
             auth: name("auth")?,
             issuer: name("issuer")?,
+            cert: [name("cert-subject")?, name("cert-san")?, name("cert-fingerprint")?],
         };
         let assertion = match &a.identity.assertion {
             Some(c) => Some(Assertion::new(c, name("assertion")?)?),
@@ -236,10 +245,12 @@ impl Authenticator {
             tokens: jwt::TokenCache::default(),
             headers,
             assertion,
+            cert_consumer: a.mtls.consumer,
             challenge_key,
             challenge_bearer: HeaderValue::from_static("Bearer realm=\"portcullis\""),
             challenge_both,
             challenge_invalid_token: HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"invalid_token\""),
+            challenge_cert: HeaderValue::from_static("ClientCertificate realm=\"portcullis\""),
         })
     }
 
@@ -258,7 +269,8 @@ impl Authenticator {
         match (methods.contains(&AuthMethod::ApiKey), methods.contains(&AuthMethod::Jwt)) {
             (true, true) => self.challenge_both.clone(),
             (true, false) => self.challenge_key.clone(),
-            _ => self.challenge_bearer.clone(),
+            (false, true) => self.challenge_bearer.clone(),
+            (false, false) => self.challenge_cert.clone(),
         }
     }
 
@@ -280,18 +292,21 @@ impl Authenticator {
     }
 
     /// Authenticate with the first of `methods` whose credential is present and valid.
-    /// `query` is the request's query string (for keys sent as a parameter).
+    /// `query` is the request's query string (for keys sent as a parameter); `cert` the
+    /// client certificate the listener verified, if any.
     pub async fn authenticate(
         &self,
         methods: &[AuthMethod],
         h: &HeaderMap,
         query: Option<&str>,
+        cert: Option<&PeerCert>,
     ) -> Result<Identity, AuthFailure> {
         let mut failure = AuthFailure::Missing;
         for m in methods {
             let r = match m {
                 AuthMethod::ApiKey => self.api_key(h, query),
                 AuthMethod::Jwt => self.jwt(h).await,
+                AuthMethod::Mtls => self.mtls(cert),
             };
             match r {
                 Ok(id) => return Ok(id),
@@ -332,6 +347,33 @@ impl Authenticator {
             token: None,
             info: Some(info),
         })
+    }
+
+    /// The consumer a verified client certificate names (`auth.mtls.consumer`); its groups
+    /// when the directory knows it. The listener's CA vouches for the name.
+    fn mtls(&self, cert: Option<&PeerCert>) -> Result<Identity, AuthFailure> {
+        let cert = cert.ok_or(AuthFailure::Missing)?;
+        let name = cert
+            .field(self.cert_consumer)
+            .filter(|n| !n.is_empty() && n.len() <= 256)
+            .ok_or(AuthFailure::Invalid(AuthMethod::Mtls, "the client certificate does not name a consumer"))?;
+        let info = self.consumer(name);
+        Ok(Identity {
+            method: AuthMethod::Mtls,
+            consumer: Some(info.as_ref().map_or_else(|| Arc::from(name), |i| i.name.clone())),
+            groups: info.as_ref().map_or_else(|| Arc::from([]), |i| i.groups.clone()),
+            token: None,
+            info,
+        })
+    }
+
+    /// Tell the upstream about the client certificate the listener verified.
+    pub fn set_certificate(&self, h: &mut HeaderMap, cert: &PeerCert) {
+        for (name, value) in self.headers.cert.iter().zip(&cert.headers) {
+            if let Some(v) = value {
+                h.insert(name.clone(), v.clone());
+            }
+        }
     }
 
     async fn jwt(&self, h: &HeaderMap) -> Result<Identity, AuthFailure> {
@@ -443,7 +485,7 @@ impl Authenticator {
         let consumer = match (&id.info, &id.token) {
             (Some(i), _) => i.id_header.clone(),
             (None, Some(t)) => t.values[0].clone(),
-            (None, None) => None,
+            (None, None) => id.consumer.as_deref().and_then(crate::tls::identity::header_value),
         };
         if let Some(v) = consumer {
             h.insert(self.headers.id.clone(), v);

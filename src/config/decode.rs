@@ -15,6 +15,7 @@ use super::{ConfigError, ConfigErrors};
 
 mod auth;
 mod protection;
+mod tls;
 
 struct Decoder<'a> {
     file: &'a str,
@@ -281,7 +282,9 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
     let routes = match f.get("routes") {
         Some((n, p)) => {
             let has_store = node.as_ref().is_some_and(|n| n.store.is_some());
-            decode_routes(d, n, &p, &upstreams, &auth, has_store)
+            let client_certs =
+                listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.mode != ClientAuthMode::None));
+            decode_routes(d, n, &p, &upstreams, &auth, has_store, client_certs)
         }
         None => Vec::new(),
     };
@@ -478,10 +481,10 @@ fn decode_listeners(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<Listene
             Some((n, p)) => decode_limits(d, n, &p),
             None => ListenerLimits::default(),
         };
-        f.unsupported(d, "tls", "TLS termination (`tls`)");
+        let tls = f.get("tls").and_then(|(n, p)| tls::decode_listener_tls(d, n, &p));
         f.finish(d);
         if let (Some(name), Some(bind)) = (lname, bind) {
-            out.push(ListenerConfig { name, bind, limits });
+            out.push(ListenerConfig { name, bind, limits, tls });
         }
     }
     out
@@ -942,6 +945,7 @@ fn decode_routes(
     upstreams: &[(UpstreamConfig, Pos)],
     auth_config: &AuthConfig,
     has_store: bool,
+    client_certs: bool,
 ) -> Vec<RouteConfig> {
     let mut out = Vec::new();
     let mut names: HashMap<String, ()> = HashMap::new();
@@ -980,7 +984,7 @@ fn decode_routes(
             Some((n, p)) => boolean(d, n, &p).unwrap_or(false),
             None => false,
         };
-        let auth = f.get("auth").map(|(n, p)| (auth::decode_route_auth(d, n, &p, auth_config), n.pos));
+        let auth = f.get("auth").map(|(n, p)| (auth::decode_route_auth(d, n, &p, auth_config, client_certs), n.pos));
         let allow = f.get("allow").map(|(n, p)| (auth::decode_allow(d, n, &p), n.pos));
         let rate_limit = f.get("rate_limit").and_then(|(n, p)| decode_rate_limit(d, n, &p));
         if let Some(rl) = &rate_limit

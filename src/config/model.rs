@@ -209,6 +209,31 @@ pub struct AuthConfig {
     pub jwt: Vec<JwtIssuerConfig>,
     /// `auth.identity_headers`: what upstreams are told about the caller.
     pub identity: IdentityHeadersConfig,
+    /// `auth.mtls`: how a client certificate names its consumer.
+    pub mtls: MtlsConfig,
+}
+
+/// `auth.mtls`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MtlsConfig {
+    /// `consumer`: the certificate field that names the consumer.
+    pub consumer: CertField,
+}
+
+/// A field of a client certificate that can name a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertField {
+    /// `cn`: the subject's common name.
+    #[default]
+    CommonName,
+    /// `dns`: the first DNS subject alternative name.
+    Dns,
+    /// `uri`: the first URI subject alternative name (a SPIFFE ID, say).
+    Uri,
+    /// `email`: the first e-mail subject alternative name.
+    Email,
+    /// `fingerprint`: the SHA-256 of the certificate, in lower-case hex.
+    Fingerprint,
 }
 
 /// `auth.api_key`
@@ -382,6 +407,8 @@ pub enum AuthMethod {
     ApiKey,
     /// `jwt`
     Jwt,
+    /// `mtls`: a client certificate verified by the listener.
+    Mtls,
 }
 
 /// One `allow` rule: every condition given must hold. A route's rules are alternatives.
@@ -459,6 +486,61 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Per-connection limits.
     pub limits: ListenerLimits,
+    /// `tls`: terminate TLS here; `None` serves plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `listeners[].tls`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `certificates`: at least one; the client's SNI picks among them, the first is the
+    /// default.
+    pub certificates: Vec<CertFiles>,
+    /// `client_auth`: whether clients present certificates, and whose.
+    pub client_auth: ClientAuth,
+    /// `min_version`: `"1.2"` (default) or `"1.3"`.
+    pub min_version: TlsVersion,
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// `tls.min_version`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// `tls.client_auth`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientAuth {
+    /// `mode`.
+    pub mode: ClientAuthMode,
+    /// `ca`: the CA bundle client certificates are verified against (required unless
+    /// `mode: none`).
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// `tls.client_auth.mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuthMode {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// Asked for; a client without one is served (routes needing `mtls` refuse it).
+    Optional,
+    /// A connection without a valid certificate fails its handshake.
+    Required,
 }
 
 /// `listeners[].limits`

@@ -85,7 +85,7 @@ fn unsupported_sections_are_refused_not_ignored() {
         "version: 1\nlisteners: [{ name: a, bind: \"127.0.0.1:1\", tls: {} }]\ncluster: { redis: \"rediss://h:1\" }\n";
     let e = errors(src);
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].contains("listeners[0].tls: TLS termination (`tls`) is not supported yet"), "{e:?}");
+    assert!(e[0].contains("listeners[0].tls.certificates: missing field `certificates`"), "{e:?}");
     assert!(e[1].contains("cluster.redis: Redis over TLS (rediss://) is not supported yet"), "{e:?}");
 }
 

@@ -121,6 +121,11 @@ pub struct Metrics {
     pub access_log_dropped: AtomicU64,
     /// Access-log lines written.
     pub access_log_written: AtomicU64,
+    /// TLS handshakes completed on listeners.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (bad or missing client certificate, protocol errors,
+    /// timeouts).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// A label value, escaped (the names we use are plain, but never trust that).
@@ -193,6 +198,12 @@ impl Metrics {
             "# HELP portcullis_config_reloads_total Config reloads, by result.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total{{result=\"applied\"}} {}\nportcullis_config_reloads_total{{result=\"failed\"}} {}\n",
             self.reloads_applied.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed)
+        );
+        let _ = write!(
+            out,
+            "# HELP portcullis_tls_handshakes_total TLS handshakes on listeners, by result.\n# TYPE portcullis_tls_handshakes_total counter\nportcullis_tls_handshakes_total{{result=\"ok\"}} {}\nportcullis_tls_handshakes_total{{result=\"failed\"}} {}\n",
+            self.tls_handshakes.load(Ordering::Relaxed),
+            self.tls_handshake_failures.load(Ordering::Relaxed)
         );
         counter(
             out,

@@ -1,10 +1,12 @@
-//! One downstream connection: protocol detection (HTTP/1.1 or h2c prior knowledge), the
-//! hyper connection with its limits, and graceful shutdown.
+//! One downstream connection: the TLS handshake on TLS listeners, protocol detection (ALPN,
+//! or HTTP/1.1 and h2c prior knowledge told apart by their first bytes), the hyper
+//! connection with its limits, and graceful shutdown.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
@@ -23,6 +26,7 @@ use crate::config::ListenerLimits;
 use crate::observe::new_request_id_string;
 use crate::protect::headers::client_ip_value;
 use crate::protect::{ConnPermit, ConnState, GuardedIo, HeadLimits};
+use crate::tls::{PeerCert, ServerTls};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest wait for an HTTP/2 connection to close after GOAWAY.
@@ -31,7 +35,7 @@ const H2_CLOSE_WAIT: Duration = Duration::from_secs(1);
 const H2_MAX_STREAMS: u32 = 128;
 
 /// Read just enough to tell HTTP/2 prior knowledge from HTTP/1.
-async fn sniff(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<(bool, Bytes)>> {
+async fn sniff<S: AsyncRead + Unpin>(stream: &mut S, deadline: Instant) -> io::Result<Option<(bool, Bytes)>> {
     let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
     loop {
         let want = H2_PREFACE.len() - buf.len();
@@ -53,102 +57,173 @@ async fn sniff(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<(
     }
 }
 
-/// Serve one accepted connection to the end.
+/// What every request on one connection shares.
+struct Conn {
+    gw: Arc<Inner>,
+    peer: SocketAddr,
+    limits: ListenerLimits,
+    accepted: Instant,
+    cancel: CancellationToken,
+    /// The verified client certificate, on TLS listeners that ask for one.
+    cert: Option<Arc<PeerCert>>,
+    tls: bool,
+}
+
+impl Conn {
+    fn ctx(&self, state: Arc<ConnState>, http1: bool) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx {
+            gw: self.gw.clone(),
+            peer: self.peer,
+            client: self.peer.ip().to_canonical(),
+            client_ip: client_ip_value(self.peer.ip()),
+            limits: self.limits,
+            state: Some(state),
+            http1,
+            cert: self.cert.clone(),
+            tls: self.tls,
+        })
+    }
+}
+
+/// Serve one accepted connection to the end: TLS first on a TLS listener (ALPN says which
+/// HTTP), else HTTP/1.1 or h2c prior knowledge, told apart by the first bytes.
 pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     gw: Arc<Inner>,
     limits: ListenerLimits,
+    tls: Option<Arc<ServerTls>>,
     cancel: CancellationToken,
     _permit: ConnPermit,
 ) {
     let accepted = Instant::now();
-    let sniffed = tokio::select! {
-        r = sniff(&mut stream, accepted + limits.header_timeout) => r,
-        _ = cancel.cancelled() => return,
+    let deadline = accepted + limits.header_timeout;
+    let mut conn = Conn { gw, peer, limits, accepted, cancel, cert: None, tls: tls.is_some() };
+    let Some(tls) = tls else {
+        let sniffed = tokio::select! {
+            r = sniff(&mut stream, deadline) => r,
+            _ = conn.cancel.cancelled() => return,
+        };
+        match sniffed {
+            Ok(Some((true, prefix))) => serve_h2(Rewind { prefix, inner: stream }, conn).await,
+            Ok(Some((false, prefix))) => serve_h1(stream, prefix, conn).await,
+            Ok(None) | Err(_) => {}
+        }
+        return;
     };
-    let (is_h2, prefix) = match sniffed {
-        Ok(Some(x)) => x,
-        Ok(None) | Err(_) => return,
+    // The handshake counts against the header timeout, like the first request's head.
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, TlsAcceptor::from(tls.config()).accept(stream)) => r,
+        _ = conn.cancel.cancelled() => return,
     };
-    if is_h2 {
-        // The same counters as HTTP/1, here counting open streams for the idle timeout.
-        let state = Arc::new(ConnState::default());
-        let ctx = Arc::new(ConnCtx {
-            gw,
-            peer,
-            client: peer.ip().to_canonical(),
-            client_ip: client_ip_value(peer.ip()),
-            limits,
-            state: Some(state.clone()),
-            http1: false,
-        });
-        let io = TokioIo::new(Rewind { prefix, inner: stream });
-        let svc = service_fn(move |req| handle(ctx.clone(), req));
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_STREAMS)
-            .max_header_list_size(limits.max_header_bytes as u32)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let conn = b.serve_connection(io, svc);
-        tokio::pin!(conn);
-        // Idle: no stream open and none started or finished over a whole idle_timeout
-        // (so a connection closes between 1x and 2x idle_timeout after its last stream).
-        let mut seen = state.counters();
-        let idle = loop {
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = cancel.cancelled() => break false,
-                _ = tokio::time::sleep(limits.idle_timeout) => {
-                    let now = state.counters();
-                    if now.0 == now.1 && now == seen {
-                        break true;
-                    }
-                    seen = now;
-                }
+    let metrics = &conn.gw.shared.metrics;
+    let mut stream = match handshake {
+        Ok(Ok(s)) => {
+            metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            s
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    // rustls handed over only a chain it verified against the listener's CA bundle.
+    conn.cert = session.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerCert::parse(c)).map(Arc::new);
+    match alpn.as_deref() {
+        Some(b"h2") => serve_h2(stream, conn).await,
+        Some(_) => serve_h1(stream, Bytes::new(), conn).await,
+        // No ALPN: the first bytes tell, as on a plain listener.
+        None => {
+            let sniffed = tokio::select! {
+                r = sniff(&mut stream, deadline) => r,
+                _ = conn.cancel.cancelled() => return,
+            };
+            match sniffed {
+                Ok(Some((true, prefix))) => serve_h2(Rewind { prefix, inner: stream }, conn).await,
+                Ok(Some((false, prefix))) => serve_h1(stream, prefix, conn).await,
+                Ok(None) | Err(_) => {}
             }
-        };
-        conn.as_mut().graceful_shutdown();
-        if idle {
-            // Nothing is in flight; hyper's graceful close still waits for the client's PING
-            // ack, and a client that never answers must not hold the connection.
-            let _ = tokio::time::timeout(H2_CLOSE_WAIT, conn).await;
-        } else {
-            // Shutdown: in-flight streams finish within the process's grace period.
-            let _ = conn.await;
         }
-    } else {
-        let state = Arc::new(ConnState::default());
-        let head = HeadLimits {
-            header_timeout: limits.header_timeout,
-            idle_timeout: limits.idle_timeout,
-            max_header_bytes: limits.max_header_bytes,
-        };
-        let io = TokioIo::new(GuardedIo::new(stream, prefix, state.clone(), head, accepted, new_request_id_string));
-        let ctx = Arc::new(ConnCtx {
-            gw,
-            peer,
-            client: peer.ip().to_canonical(),
-            client_ip: client_ip_value(peer.ip()),
-            limits,
-            state: Some(state),
-            http1: true,
-        });
-        let svc = service_fn(move |req| handle(ctx.clone(), req));
-        let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(None)
-            .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
-        let conn = b.serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
-        }
-        let _ = conn.await;
     }
+}
+
+async fn serve_h2<S>(io: S, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = conn.limits;
+    // The same counters as HTTP/1, here counting open streams for the idle timeout.
+    let state = Arc::new(ConnState::default());
+    let ctx = conn.ctx(state.clone(), false);
+    let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let h2 = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(h2);
+    // Idle: no stream open and none started or finished over a whole idle_timeout
+    // (so a connection closes between 1x and 2x idle_timeout after its last stream).
+    let mut seen = state.counters();
+    let idle = loop {
+        tokio::select! {
+            _ = h2.as_mut() => return,
+            _ = conn.cancel.cancelled() => break false,
+            _ = tokio::time::sleep(limits.idle_timeout) => {
+                let now = state.counters();
+                if now.0 == now.1 && now == seen {
+                    break true;
+                }
+                seen = now;
+            }
+        }
+    };
+    h2.as_mut().graceful_shutdown();
+    if idle {
+        // Nothing is in flight; hyper's graceful close still waits for the client's PING
+        // ack, and a client that never answers must not hold the connection.
+        let _ = tokio::time::timeout(H2_CLOSE_WAIT, h2).await;
+    } else {
+        // Shutdown: in-flight streams finish within the process's grace period.
+        let _ = h2.await;
+    }
+}
+
+async fn serve_h1<S>(io: S, prefix: Bytes, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = conn.limits;
+    let state = Arc::new(ConnState::default());
+    let head = HeadLimits {
+        header_timeout: limits.header_timeout,
+        idle_timeout: limits.idle_timeout,
+        max_header_bytes: limits.max_header_bytes,
+    };
+    let io = TokioIo::new(GuardedIo::new(io, prefix, state.clone(), head, conn.accepted, new_request_id_string));
+    let ctx = conn.ctx(state, true);
+    let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
+    let h1 = b.serve_connection(io, svc);
+    tokio::pin!(h1);
+    tokio::select! {
+        _ = h1.as_mut() => return,
+        _ = conn.cancel.cancelled() => h1.as_mut().graceful_shutdown(),
+    }
+    let _ = h1.await;
 }
 
 pin_project_lite::pin_project! {

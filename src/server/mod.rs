@@ -36,6 +36,7 @@ use crate::observe::trace::{Counters as TraceCounters, Tracer};
 use crate::protect::{ConnLimiter, Refused};
 use crate::router::Table;
 use crate::store::Store;
+use crate::tls::ServerTls;
 use crate::upstream::{PoolCache, Upstream, Upstreams};
 use crate::upstream::{TargetView, UpstreamStatus};
 
@@ -71,6 +72,8 @@ pub struct Snapshot {
     pub(crate) shared_limits: Option<Arc<dyn crate::ratelimit::shared::SharedLimits>>,
     /// Each route's quota, indexed like `config.routes`.
     pub(crate) quotas: Vec<Option<Arc<crate::ratelimit::quota::Quota>>>,
+    /// Each listener's TLS, indexed like `config.listeners`.
+    pub(crate) listener_tls: Vec<Option<Arc<ServerTls>>>,
     /// The protected routes with lower-case patterns, when public routes exist next to them:
     /// a public route's request whose loose spelling they match is refused.
     pub(crate) shadow: Option<Table>,
@@ -104,7 +107,9 @@ impl Snapshot {
         let shared_limits = inner.shared_limits(config.cluster.as_ref()).map_err(GatewayStartError::Cluster)?;
         let route_names = config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect();
         let upstream_names = config.upstreams.iter().map(|u| Arc::from(u.name.as_str())).collect();
+        let listener_tls = inner.listener_tls(&config.listeners)?;
         Ok(Snapshot {
+            listener_tls,
             version,
             config,
             table,
@@ -159,6 +164,9 @@ pub(crate) struct Shared {
     jwks: SourceCache,
     /// The open store, its URL, and the token that stops its sync task.
     store: tokio::sync::Mutex<Option<OpenStore>>,
+    /// Listeners' TLS by listener name, kept across reloads that keep its settings (its
+    /// files are re-read when they change, reload or not).
+    tls: Mutex<std::collections::HashMap<String, Arc<crate::tls::ServerTls>>>,
 }
 
 impl Shared {
@@ -220,6 +228,33 @@ impl Shared {
             |c| crate::ratelimit::shared::RedisLimits::new(c).map(Arc::new),
         )?;
         Ok(running.map(|r| r as Arc<dyn crate::ratelimit::shared::SharedLimits>))
+    }
+
+    /// Each listener's TLS, indexed like `listeners`: the running one when its settings are
+    /// unchanged (checked for changed files now), else read from its files.
+    fn listener_tls(&self, listeners: &[ListenerConfig]) -> Result<Vec<Option<Arc<ServerTls>>>, GatewayStartError> {
+        let mut cache = self.tls.lock();
+        let mut out = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let Some(cfg) = &l.tls else {
+                out.push(None);
+                continue;
+            };
+            let tls = match cache.get(&l.name).filter(|t| t.settings() == cfg) {
+                Some(t) => {
+                    t.refresh();
+                    t.clone()
+                }
+                None => {
+                    let t = Arc::new(ServerTls::load(&l.name, cfg).map_err(GatewayStartError::Tls)?);
+                    cache.insert(l.name.clone(), t.clone());
+                    t
+                }
+            };
+            out.push(Some(tls));
+        }
+        cache.retain(|name, _| listeners.iter().any(|l| l.name == *name && l.tls.is_some()));
+        Ok(out)
     }
 
     fn tracer(&self, cfg: Option<&crate::config::TracingConfig>) -> Option<Arc<Tracer>> {
@@ -290,6 +325,9 @@ pub enum GatewayStartError {
     /// `cluster` settings could not be used.
     #[error("{0}")]
     Cluster(String),
+    /// A listener's certificates, key or CA bundle cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// `reload` was called on a gateway started without a file.
     #[error("this gateway was not started from a file")]
     NoFile,
@@ -620,7 +658,7 @@ impl Gateway {
         }
         let admin_sock = match &config.admin {
             Some(a) => {
-                let l = ListenerConfig { name: "admin".into(), bind: a.bind, limits: Default::default() };
+                let l = ListenerConfig { name: "admin".into(), bind: a.bind, limits: Default::default(), tls: None };
                 Some(bind(&l).await?)
             }
             None => None,
@@ -653,6 +691,7 @@ impl Gateway {
             admin_stop: CancellationToken::new(),
         });
         let gw = Gateway { inner };
+        tokio::spawn(watch_tls_files(Arc::downgrade(&gw.inner), gw.inner.shared.shutdown.clone()));
         if let Some(sock) = admin_sock {
             if let Some(a) = admin {
                 tracing::info!(addr = %a, "Admin API listening");
@@ -858,6 +897,35 @@ impl Gateway {
     }
 }
 
+/// How often listeners' certificate, key and CA files are checked for changes.
+const TLS_FILE_CHECK: Duration = Duration::from_secs(1);
+
+/// Re-read listeners' TLS files when they change (a stat of each file a second), until
+/// `stop`. Rotation tools replace files in place or by symlink swap; both change what a
+/// stat of the path reports.
+async fn watch_tls_files(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TLS_FILE_CHECK) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let snap = inner.snapshot.load_full();
+        drop(inner);
+        let tls: Vec<Arc<ServerTls>> = snap.listener_tls.iter().flatten().cloned().collect();
+        if tls.is_empty() {
+            continue;
+        }
+        // File reads off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in &tls {
+                t.refresh();
+            }
+        })
+        .await;
+    }
+}
+
 /// Forget old bans and recount those in force, every second until `stop`.
 async fn sweep_bans(bans: Arc<crate::protect::bans::Bans>, stop: CancellationToken) {
     loop {
@@ -872,7 +940,7 @@ async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpLis
     let limiter = Arc::new(ConnLimiter::default());
     // Kept for the instant of a reload that renames this listener (the new name is set just
     // after the new snapshot is stored).
-    let mut last_limits = None;
+    let mut last = None;
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -889,11 +957,14 @@ async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpLis
         };
         let name = name.lock().clone();
         let snap = inner.snapshot.load();
-        let Some(limits) = snap.config.listeners.iter().find(|l| *l.name == *name).map(|l| l.limits).or(last_limits)
+        let this = snap.config.listeners.iter().position(|l| *l.name == *name);
+        let Some((limits, tls)) = this
+            .map(|i| (snap.config.listeners[i].limits, snap.listener_tls.get(i).cloned().flatten()))
+            .or_else(|| last.clone())
         else {
             continue;
         };
-        last_limits = Some(limits);
+        last = Some((limits, tls.clone()));
         let client = peer.ip().to_canonical();
         let events = &inner.shared.events;
         if let Some(reason) = inner.shared.protection.refuse_ip(client, &snap.config.protection) {
@@ -914,6 +985,6 @@ async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpLis
         };
         let _ = stream.set_nodelay(true);
         let conn_cancel = cancel.child_token();
-        inner.tracker.spawn(conn::serve(stream, peer, inner.clone(), limits, conn_cancel, permit));
+        inner.tracker.spawn(conn::serve(stream, peer, inner.clone(), limits, tls, conn_cancel, permit));
     }
 }

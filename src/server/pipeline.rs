@@ -48,6 +48,10 @@ pub(crate) struct ConnCtx {
     pub(crate) state: Option<Arc<ConnState>>,
     /// HTTP/1 (one exchange at a time) rather than HTTP/2.
     pub(crate) http1: bool,
+    /// The client certificate the listener verified, if it asked for one and got one.
+    pub(crate) cert: Option<Arc<crate::tls::PeerCert>>,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub(crate) tls: bool,
 }
 
 /// hyper's entry point for one request.
@@ -306,7 +310,7 @@ async fn identify<'s>(
         AuthFailure::Unavailable(_) => GatewayError::AuthUnavailable,
         _ => GatewayError::Unauthenticated { challenge: auth.challenge(&rc.auth, &f), reason: f.reason() },
     };
-    let id = match auth.authenticate(&rc.auth, headers, query).await {
+    let id = match auth.authenticate(&rc.auth, headers, query, ctx.cert.as_deref()).await {
         Ok(id) => id,
         Err(f) => {
             let (method, result) = match f {
@@ -513,6 +517,9 @@ async fn proxy(
     strip_hop_by_hop(&mut parts.headers);
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
     snap.auth.strip_identity(&mut parts.headers);
+    if let Some(cert) = &ctx.cert {
+        snap.auth.set_certificate(&mut parts.headers, cert);
+    }
     let hide_key_param = identify(ctx, snap, idx, &mut parts.headers, parts.uri.query(), request_id, outcome).await?;
     if let Some(c) = outcome.consumer.as_deref()
         && shared.protection.consumer_banned(c)
@@ -556,7 +563,7 @@ async fn proxy(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
-    set_forwarding(&mut parts.headers, &ctx.client_ip, "http", original_host);
+    set_forwarding(&mut parts.headers, &ctx.client_ip, if ctx.tls { "https" } else { "http" }, original_host);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     if let Some((tp, continued)) = traceparent {
         // The upstream's parent is the gateway's span. `tracestate` passes through as sent

@@ -14,7 +14,7 @@ const MAX_KEY_FILE: u64 = 1024 * 1024;
 
 impl Decoder<'_> {
     /// A path from the config, relative to the config file's directory.
-    fn resolve(&self, s: &str) -> PathBuf {
+    pub(super) fn resolve(&self, s: &str) -> PathBuf {
         let p = std::path::Path::new(s);
         if p.is_absolute() {
             return p.to_path_buf();
@@ -125,6 +125,30 @@ pub(super) fn decode_auth(d: &mut Decoder<'_>, node: &Node, path: &str) -> AuthC
                 out.jwt.push(iss);
             }
         }
+    }
+    if let Some((n, p)) = f.get("mtls")
+        && let Some(mut mf) = Fields::new(d, n, &p)
+    {
+        if let Some((n, p)) = mf.get("consumer")
+            && let Some(s) = scalar(d, n, &p)
+        {
+            out.mtls.consumer = match s {
+                "cn" => CertField::CommonName,
+                "dns" => CertField::Dns,
+                "uri" => CertField::Uri,
+                "email" => CertField::Email,
+                "fingerprint" => CertField::Fingerprint,
+                other => {
+                    d.err(
+                        n.pos,
+                        &p,
+                        format!("unknown certificate field `{other}`; expected cn, dns, uri, email or fingerprint"),
+                    );
+                    CertField::CommonName
+                }
+            };
+        }
+        mf.finish(d);
     }
     if let Some((n, p)) = f.get("identity_headers")
         && let Some(mut hf) = Fields::new(d, n, &p)
@@ -590,11 +614,18 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     crate::hex::decode(s, &mut out).map(|()| out)
 }
 
-pub(super) fn decode_route_auth(d: &mut Decoder<'_>, node: &Node, path: &str, auth: &AuthConfig) -> Vec<AuthMethod> {
+/// A route's `auth` methods. `client_certs`: some listener asks clients for certificates.
+pub(super) fn decode_route_auth(
+    d: &mut Decoder<'_>,
+    node: &Node,
+    path: &str,
+    auth: &AuthConfig,
+    client_certs: bool,
+) -> Vec<AuthMethod> {
     let mut out = Vec::new();
     let items = seq(d, node, path);
     if items.is_empty() {
-        d.err(node.pos, path, "list at least one method (api_key, jwt), or say `public: true`");
+        d.err(node.pos, path, "list at least one method (api_key, jwt, mtls), or say `public: true`");
     }
     for (i, item) in items.iter().enumerate() {
         let ip = format!("{path}[{i}]");
@@ -608,15 +639,13 @@ pub(super) fn decode_route_auth(d: &mut Decoder<'_>, node: &Node, path: &str, au
                 AuthMethod::Jwt
             }
             "mtls" => {
-                d.err(
-                    item.pos,
-                    &ip,
-                    "`mtls` needs TLS listeners, which are not supported yet in this version of Portcullis",
-                );
-                continue;
+                if !client_certs {
+                    d.err(item.pos, &ip, "`mtls` needs a listener with `tls.client_auth.mode: optional` or `required`");
+                }
+                AuthMethod::Mtls
             }
             other => {
-                d.err(item.pos, &ip, format!("unknown method `{other}`; expected api_key or jwt"));
+                d.err(item.pos, &ip, format!("unknown method `{other}`; expected api_key, jwt or mtls"));
                 continue;
             }
         };

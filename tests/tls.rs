@@ -1,0 +1,322 @@
+//! TLS termination through real sockets: SNI and ALPN, client certificates, rotation of
+//! certificate files while connections stay open, and refused configs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::pki::{self, Ca, TlsClient};
+use common::*;
+
+/// A config whose `public` listener terminates TLS with `tls` (YAML flow mapping), in front of
+/// `up`, with the given routes (a catch-all public route when empty).
+fn tls_config(up: SocketAddr, tls: &str, routes: &str, extra: &str) -> String {
+    let routes = if routes.is_empty() {
+        "  - { name: all, match: { prefix: / }, upstream: up, public: true }\n".to_string()
+    } else {
+        routes.to_string()
+    };
+    format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\n    limits: {{ header_timeout: 2s }}\n    tls: {tls}\nupstreams:\n  - name: up\n    targets: [{{ url: \"http://{up}\" }}]\nroutes:\n{routes}{extra}"
+    )
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_alpn_the_protocol() {
+    let up = TestUpstream::start("up").await;
+    let dir = scratch_dir();
+    let ca = Ca::new("Server CA");
+    let a = ca.server(&["a.test"]);
+    let b = ca.server(&["*.b.test"]);
+    let (ac, ak) = a.write(&dir, "a");
+    let (bc, bk) = b.write(&dir, "b");
+    let tls = format!(
+        "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}, {{ cert: \"{}\", key: \"{}\" }}] }}",
+        path(&ac),
+        path(&ak),
+        path(&bc),
+        path(&bk)
+    );
+    let admin = "admin: { bind: \"127.0.0.1:0\", public_metrics: true }\n";
+    let gw = TestGateway::start(&tls_config(up.addr, &tls, "", admin)).await;
+    let addr = gw.addr();
+    let client = TlsClient::new(&ca);
+
+    // HTTP/2 by ALPN, with a's certificate.
+    let r = client.get(addr, "a.test", "/x").await.expect("h2 over TLS");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.server_cert, a.der);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+
+    // HTTP/1.1 by ALPN, a wildcard name picks b's certificate.
+    let r = client.clone().alpn(&[b"http/1.1"]).get(addr, "api.b.test", "/y").await.expect("h1 over TLS");
+    assert_eq!((r.status, r.version), (200, http::Version::HTTP_11));
+    assert_eq!(r.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(r.server_cert, b.der);
+
+    // No ALPN at all: HTTP/1.1 (and h2 prior knowledge would work too).
+    let r = client.clone().alpn(&[]).get(addr, "a.test", "/z").await.expect("no ALPN");
+    assert_eq!((r.status, r.alpn.clone()), (200, None));
+
+    // An unknown name gets the first certificate, which the client then refuses.
+    let err = client.get(addr, "other.test", "/").await.expect_err("name mismatch");
+    assert!(err.contains("handshake"), "{err}");
+
+    // TLS 1.2 works (and only ECDHE AEAD suites are offered by the provider).
+    let mut old = client.clone();
+    old.tls12_only = true;
+    let s = old.connect(addr, "a.test").await.expect("TLS 1.2");
+    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let (text, _) = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", Duration::from_secs(3)).await;
+    assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // Handshakes are counted.
+    let (_, _, m) = get(&format!("http://{}/metrics", gw.gw.admin_addr().expect("admin"))).await;
+    assert!(metric_sum(&m, "portcullis_tls_handshakes_total", &[("result", "ok")]) >= 4.0, "{m}");
+    assert!(metric_sum(&m, "portcullis_tls_handshakes_total", &[("result", "failed")]) >= 2.0);
+
+    // curl, when this machine has it, agrees on both protocols.
+    let curl_ok = std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
+    if curl_ok {
+        let cafile = ca.write(&dir, "server-ca");
+        for (flag, want) in [("--http2", "2 200"), ("--http1.1", "1.1 200")] {
+            let port = addr.port();
+            let out = tokio::task::spawn_blocking({
+                let cafile = cafile.clone();
+                move || {
+                    std::process::Command::new("curl")
+                        .args(["-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", flag, "--cacert"])
+                        .arg(&cafile)
+                        .args(["--resolve", &format!("api.b.test:{port}:127.0.0.1")])
+                        .arg(format!("https://api.b.test:{port}/curl"))
+                        .output()
+                        .expect("curl")
+                }
+            })
+            .await
+            .expect("join");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                want,
+                "curl {flag}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        eprintln!("curl not found: the rustls clients above covered TLS with h2 and HTTP/1.1");
+    }
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_verified_and_passed_on() {
+    let up = TestUpstream::start("up").await;
+    let dir = scratch_dir();
+    let server_ca = Ca::new("Server CA");
+    let clients_ca = Ca::new("Clients CA");
+    let rogue_ca = Ca::new("Rogue CA");
+    let (sc, sk) = server_ca.server(&["api.test"]).write(&dir, "server");
+    let ca_file = clients_ca.write(&dir, "clients-ca");
+    let tls = format!(
+        "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}], client_auth: {{ mode: required, ca: \"{}\" }} }}",
+        path(&sc),
+        path(&sk),
+        path(&ca_file)
+    );
+    let routes = "  - { name: orders, match: { prefix: /orders }, upstream: up, auth: [mtls], allow: { consumers: [app1] } }\n  - { name: open, match: { prefix: / }, upstream: up, public: true }\n";
+    let gw = TestGateway::start(&tls_config(up.addr, &tls, routes, "")).await;
+    let addr = gw.addr();
+    let base = TlsClient::new(&server_ca);
+
+    // No certificate, one from another CA, an expired one: no request gets through.
+    let rogue = rogue_ca.client("app1", None);
+    let expired = clients_ca.expired_client("app1");
+    for (what, client) in [
+        ("no certificate", base.clone()),
+        ("another CA", base.clone().with_cert(&rogue)),
+        ("expired", base.clone().with_cert(&expired)),
+    ] {
+        for alpn in [&b"h2"[..], b"http/1.1"] {
+            let r = client.clone().alpn(&[alpn]).get(addr, "api.test", "/orders/1").await;
+            assert!(r.is_err(), "{what} over {}: {r:?}", String::from_utf8_lossy(alpn));
+        }
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+
+    // A good certificate: accepted, and its identity is what the route and upstream see.
+    let app1 = clients_ca.client("app1", Some("spiffe://example.test/app1"));
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut req = http::Request::get("/orders/7").header("host", "api.test");
+        // Claims a client makes about itself are dropped.
+        req = req.header("x-consumer-cert-subject", "CN=admin").header("x-consumer-id", "admin");
+        let s = base.clone().with_cert(&app1).alpn(&[alpn]).connect(addr, "api.test").await.expect("handshake");
+        let r = pki::exchange(s, req.body(full("")).expect("req")).await.expect("exchange");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let seen = up.last();
+        assert_eq!(seen.headers["x-consumer-id"], "app1");
+        assert_eq!(seen.headers["x-consumer-auth"], "mtls");
+        let subject = seen.headers["x-consumer-cert-subject"].to_str().expect("ascii");
+        assert!(subject.contains("CN=app1") && subject.contains("O=Portcullis Tests"), "{subject}");
+        assert_eq!(seen.headers["x-consumer-cert-san"], "URI:spiffe://example.test/app1");
+        let fp = seen.headers["x-consumer-cert-fingerprint"].to_str().expect("ascii").to_string();
+        assert_eq!(fp.len(), 64);
+        assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    // A valid certificate of another consumer is authenticated but not allowed here.
+    let app2 = clients_ca.client("app2", None);
+    let r = base.clone().with_cert(&app2).get(addr, "api.test", "/orders/1").await.expect("exchange");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = base.clone().with_cert(&app2).get(addr, "api.test", "/open").await.expect("exchange");
+    assert_eq!(r.status, 200);
+    assert!(up.last().headers["x-consumer-cert-subject"].to_str().expect("ascii").contains("CN=app2"));
+}
+
+#[tokio::test]
+async fn optional_client_certificates_leave_the_choice_to_routes() {
+    let up = TestUpstream::start("up").await;
+    let dir = scratch_dir();
+    let server_ca = Ca::new("Server CA");
+    let clients_ca = Ca::new("Clients CA");
+    let (sc, sk) = server_ca.server(&["api.test"]).write(&dir, "server");
+    let ca_file = clients_ca.write(&dir, "clients-ca");
+    let tls = format!(
+        "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}], client_auth: {{ mode: optional, ca: \"{}\" }} }}",
+        path(&sc),
+        path(&sk),
+        path(&ca_file)
+    );
+    let routes = "  - { name: svc, match: { prefix: /svc }, upstream: up, auth: [mtls] }\n  - { name: open, match: { prefix: / }, upstream: up, public: true }\n";
+    let extra = "auth:\n  mtls: { consumer: uri }\n";
+    let gw = TestGateway::start(&tls_config(up.addr, &tls, routes, extra)).await;
+    let addr = gw.addr();
+    let base = TlsClient::new(&server_ca);
+
+    let r = base.get(addr, "api.test", "/open").await.expect("no cert, public route");
+    assert_eq!(r.status, 200);
+    assert!(!up.last().headers.contains_key("x-consumer-cert-subject"));
+    let r = base.get(addr, "api.test", "/svc").await.expect("no cert, mtls route");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], "ClientCertificate realm=\"portcullis\"");
+
+    // The consumer is named by the URI SAN here; a certificate without one is refused.
+    let spiffe = clients_ca.client("svc-a", Some("spiffe://example.test/svc-a"));
+    let r = base.clone().with_cert(&spiffe).get(addr, "api.test", "/svc").await.expect("exchange");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().headers["x-consumer-id"], "spiffe://example.test/svc-a");
+    let plain = clients_ca.client("svc-b", None);
+    let r = base.clone().with_cert(&plain).get(addr, "api.test", "/svc").await.expect("exchange");
+    assert_eq!(r.status, 401, "{}", r.body);
+    // Still, a certificate from an unknown CA fails the handshake even when optional.
+    let rogue = Ca::new("Rogue").client("svc-a", Some("spiffe://example.test/svc-a"));
+    assert!(base.clone().with_cert(&rogue).get(addr, "api.test", "/open").await.is_err());
+}
+
+#[tokio::test]
+async fn replaced_certificates_serve_new_connections_while_open_ones_continue() {
+    let up = TestUpstream::start("up").await;
+    let dir = scratch_dir();
+    let ca = Ca::new("Server CA");
+    let first = ca.server(&["api.test"]);
+    let (c, k) = first.write(&dir, "api");
+    let tls = format!("{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}", path(&c), path(&k));
+    let gw = TestGateway::start(&tls_config(up.addr, &tls, "", "")).await;
+    let addr = gw.addr();
+    let client = TlsClient::new(&ca);
+
+    // Two connections opened on the first certificate: HTTP/1.1 kept alive, and HTTP/2.
+    let h1 = client.clone().alpn(&[b"http/1.1"]).connect(addr, "api.test").await.expect("h1");
+    assert_eq!(h1.get_ref().1.peer_certificates().expect("cert")[0], first.der);
+    let (mut h1_tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(h1)).await.expect("h1");
+    tokio::spawn(conn);
+    let h2 = client.clone().alpn(&[b"h2"]).connect(addr, "api.test").await.expect("h2");
+    let (mut h2_tx, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(h2))
+            .await
+            .expect("h2");
+    tokio::spawn(conn);
+    let get_h1 = || http::Request::get("/").header("host", "api.test").body(full("")).expect("req");
+    let get_h2 = || http::Request::get("https://api.test/").body(full("")).expect("req");
+    assert_eq!(h1_tx.send_request(get_h1()).await.expect("h1 before").status(), 200);
+    assert_eq!(h2_tx.send_request(get_h2()).await.expect("h2 before").status(), 200);
+
+    // A half-written rotation (a key that is not the certificate's) is not taken up.
+    let second = ca.server(&["api.test"]);
+    std::fs::write(&k, &second.key_pem).expect("write key");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = client.get(addr, "api.test", "/").await.expect("still the first");
+    assert_eq!(r.server_cert, first.der);
+    // The certificate follows: new connections get the new pair.
+    std::fs::write(&c, &second.cert_pem).expect("write cert");
+    let mut rotated = false;
+    for _ in 0..100 {
+        let r = client.get(addr, "api.test", "/").await.expect("exchange");
+        assert_eq!(r.status, 200);
+        if r.server_cert == second.der {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "new connections get the replaced certificate");
+
+    // The connections opened before go on serving.
+    assert_eq!(h1_tx.send_request(get_h1()).await.expect("h1 after").status(), 200);
+    assert_eq!(h2_tx.send_request(get_h2()).await.expect("h2 after").status(), 200);
+}
+
+#[test]
+fn bad_tls_settings_are_refused_with_their_place() {
+    let dir = scratch_dir();
+    let ca = Ca::new("CA");
+    let (c, _) = ca.server(&["a.test"]).write(&dir, "a");
+    let (_, other_key) = ca.server(&["b.test"]).write(&dir, "b");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").expect("write");
+    let cases = [
+        (
+            format!("{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}", path(&c), path(&other_key)),
+            "is not the key of",
+        ),
+        (
+            format!("{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}", path(&garbage), path(&other_key)),
+            "holds no certificate",
+        ),
+        (format!("{{ certificates: [{{ cert: \"{}/missing.pem\", key: \"x\" }}] }}", dir.display()), "cannot read"),
+        (
+            format!(
+                "{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}], client_auth: {{ mode: required }} }}",
+                path(&c),
+                path(&other_key)
+            ),
+            "a CA bundle is required",
+        ),
+        ("{ certificates: [], min_version: \"1.1\" }".to_string(), "unsupported TLS version"),
+    ];
+    for (tls, want) in cases {
+        let yaml = tls_config("127.0.0.1:9".parse().expect("addr"), &tls, "", "");
+        let err = portcullis::config::parse("gw.yaml", &yaml).expect_err(want).to_string();
+        assert!(err.contains(want), "want {want:?} in:\n{err}");
+        assert!(err.starts_with("gw.yaml:6:"), "{err}");
+        assert!(err.contains("listeners[0].tls"), "{err}");
+    }
+    // `mtls` needs a listener that asks for client certificates.
+    let yaml = tls_config(
+        "127.0.0.1:9".parse().expect("addr"),
+        &format!("{{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}", path(&c), path(&c)),
+        "  - { name: r, match: { prefix: / }, upstream: up, auth: [mtls] }\n",
+        "",
+    );
+    let err = portcullis::config::parse("gw.yaml", &yaml).expect_err("mtls").to_string();
+    assert!(err.contains("routes[0].auth[0]: `mtls` needs a listener with `tls.client_auth.mode"), "{err}");
+}
