@@ -266,6 +266,82 @@ pub fn rescue(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> 
     res
 }
 
+/// gRPC status codes the gateway answers with.
+pub mod grpc {
+    /// The deadline passed before the upstream answered.
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    /// A limit, quota or size was exceeded.
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    /// Refused by an `allow` rule or a ban.
+    pub const PERMISSION_DENIED: u8 = 7;
+    /// No route for this method.
+    pub const UNIMPLEMENTED: u8 = 12;
+    /// A malformed request (gRPC maps HTTP 400 so).
+    pub const INTERNAL: u8 = 13;
+    /// No upstream could be reached or answered; retrying may help.
+    pub const UNAVAILABLE: u8 = 14;
+    /// Missing or bad credentials.
+    pub const UNAUTHENTICATED: u8 = 16;
+    /// Anything else.
+    pub const UNKNOWN: u8 = 2;
+}
+
+impl GatewayError {
+    /// The gRPC status for this error: gRPC's HTTP-to-gRPC mapping, made exact where the
+    /// gateway knows more (a deadline, an exhausted limit).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            GatewayError::UpstreamTimeout { .. } | GatewayError::BodyTimeout => grpc::DEADLINE_EXCEEDED,
+            GatewayError::UpstreamConnectTimeout { .. } => grpc::UNAVAILABLE,
+            GatewayError::RateLimited { .. }
+            | GatewayError::QuotaExceeded { .. }
+            | GatewayError::BodyTooLarge { .. } => grpc::RESOURCE_EXHAUSTED,
+            _ => match self.describe().0.as_u16() {
+                400 => grpc::INTERNAL,
+                401 => grpc::UNAUTHENTICATED,
+                403 => grpc::PERMISSION_DENIED,
+                404 => grpc::UNIMPLEMENTED,
+                408 => grpc::DEADLINE_EXCEEDED,
+                413 | 429 => grpc::RESOURCE_EXHAUSTED,
+                502..=504 => grpc::UNAVAILABLE,
+                _ => grpc::UNKNOWN,
+            },
+        }
+    }
+}
+
+/// Turn a pipeline error into its answer for a gRPC caller: a trailers-only response
+/// (HTTP 200, `grpc-status` and `grpc-message` in the head, no body), with the headers the
+/// HTTP answer would carry (`WWW-Authenticate`, `Retry-After`, rate-limit headers...).
+pub fn rescue_grpc(err: &GatewayError, request_id: &HeaderValue) -> Response<GwBody> {
+    let (_, _, detail) = err.describe();
+    let mut res = rescue(err, request_id);
+    *res.status_mut() = StatusCode::OK;
+    *res.body_mut() = GwBody::full(bytes::Bytes::new());
+    let h = res.headers_mut();
+    h.remove(header::CONNECTION);
+    h.remove(header::CACHE_CONTROL);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(http::HeaderName::from_static("grpc-status"), HeaderValue::from(u16::from(err.grpc_status())));
+    if let Ok(v) = HeaderValue::from_str(&grpc_message(&detail)) {
+        h.insert(http::HeaderName::from_static("grpc-message"), v);
+    }
+    res
+}
+
+/// `grpc-message` encoding: printable ASCII except `%` as is, every other byte as `%XX`.
+fn grpc_message(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `X-Quota-Limit`, `X-Quota-Remaining` and `X-Quota-Reset` (seconds until the period ends).
 pub fn set_quota_headers(h: &mut http::HeaderMap, limit: u64, remaining: u64, reset_secs: u64) {
     h.insert(http::HeaderName::from_static("x-quota-limit"), HeaderValue::from(limit));

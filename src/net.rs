@@ -1,4 +1,5 @@
-//! Outbound TCP: resolving a target's `host:port` and connecting within a deadline.
+//! Outbound connections: resolving a target's `host:port`, connecting within a deadline, and
+//! TLS to `https://` targets ([`Connector`]).
 //!
 //! Shared by the connection pools (`upstream`) and the health probes (`health`), so both
 //! reach a target exactly the same way. Also the HTTP(S) client connector of the gateway's
@@ -6,11 +7,17 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::Authority;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::config::{UpstreamProtocol, UpstreamTls};
+use crate::tls::client::ClientTls;
 
 /// Why a TCP connection to a target could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +31,103 @@ pub enum DialError {
     /// Resolving and connecting took longer than allowed.
     #[error("connect timed out")]
     Timeout,
+    /// The TLS handshake failed (the certificate did not verify, no common protocol...).
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] io::Error),
+}
+
+/// How one upstream's targets are reached: TCP, then TLS for `https://` targets, and which
+/// HTTP version is spoken on the connection.
+#[derive(Debug)]
+pub struct Connector {
+    protocol: UpstreamProtocol,
+    tls: Option<ClientTls>,
+}
+
+/// A connection to a target: plain or TLS.
+#[derive(Debug)]
+pub enum Stream {
+    /// `http://`
+    Plain(TcpStream),
+    /// `https://`
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connector {
+    /// For an upstream with this `protocol` and, for `https://` targets, these TLS settings.
+    pub fn new(protocol: UpstreamProtocol, tls: Option<&UpstreamTls>) -> Result<Connector, String> {
+        let tls = tls.map(|t| ClientTls::new(t, protocol)).transpose()?;
+        Ok(Connector { protocol, tls })
+    }
+
+    /// Connect to `authority` (TLS included) within `limit`; the stream and whether it
+    /// speaks HTTP/2.
+    pub async fn open(&self, authority: &Authority, limit: Duration) -> Result<(Stream, bool), DialError> {
+        let started = Instant::now();
+        let tcp = dial(authority, limit).await?;
+        let Some(tls) = &self.tls else {
+            return Ok((Stream::Plain(tcp), self.protocol == UpstreamProtocol::H2));
+        };
+        let left = limit.saturating_sub(started.elapsed());
+        let (s, alpn_h2) = tokio::time::timeout(left, tls.connect(tcp, authority))
+            .await
+            .map_err(|_| DialError::Timeout)?
+            .map_err(DialError::Tls)?;
+        // `h2` speaks HTTP/2 even to a server that ignored ALPN; `auto` follows ALPN.
+        let h2 = alpn_h2 || self.protocol == UpstreamProtocol::H2;
+        Ok((Stream::Tls(Box::new(s)), h2))
+    }
+
+    /// Whether targets are reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
 }
 
 async fn resolve(authority: &Authority) -> Result<Vec<SocketAddr>, DialError> {

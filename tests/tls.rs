@@ -320,3 +320,93 @@ fn bad_tls_settings_are_refused_with_their_place() {
     let err = portcullis::config::parse("gw.yaml", &yaml).expect_err("mtls").to_string();
     assert!(err.contains("routes[0].auth[0]: `mtls` needs a listener with `tls.client_auth.mode"), "{err}");
 }
+
+#[tokio::test]
+async fn upstreams_over_tls_are_verified_and_get_the_gateways_certificate() {
+    let dir = scratch_dir();
+    let backend_ca = Ca::new("Backend CA");
+    let gateway_ca = Ca::new("Gateway clients CA");
+    let other_ca = Ca::new("Other CA");
+    // The backend's certificate names backend.test, not the address it is reached at.
+    let (up, hits) = pki::tls_upstream(&backend_ca.server(&["backend.test"]), Some(&gateway_ca)).await;
+    let ca_file = backend_ca.write(&dir, "backend-ca");
+    let other_file = other_ca.write(&dir, "other-ca");
+    let gw_cert = gateway_ca.client("portcullis-gw", None);
+    let (gc, gk) = gw_cert.write(&dir, "gw");
+    let upstream = |name: &str, protocol: &str, tls: String| {
+        format!(
+            "  - name: {name}\n    protocol: {protocol}\n    targets: [{{ url: \"https://{up}\" }}]\n    timeouts: {{ connect: 2s }}\n    tls: {tls}\n    health: {{ active: {{ path: /, interval: 200ms, healthy_after: 1, unhealthy_after: 1 }} }}\n"
+        )
+    };
+    let good = |extra: &str| {
+        format!(
+            "{{ ca: \"{}\", client_cert: \"{}\", client_key: \"{}\", server_name: backend.test{extra} }}",
+            path(&ca_file),
+            path(&gc),
+            path(&gk)
+        )
+    };
+    let upstreams = [
+        upstream("auto", "auto", good("")),
+        upstream("h1", "http1", good("")),
+        upstream("h2", "h2", good("")),
+        upstream(
+            "other_ca",
+            "auto",
+            format!(
+                "{{ ca: \"{}\", client_cert: \"{}\", client_key: \"{}\", server_name: backend.test }}",
+                path(&other_file),
+                path(&gc),
+                path(&gk)
+            ),
+        ),
+        upstream(
+            "no_name",
+            "auto",
+            format!("{{ ca: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}", path(&ca_file), path(&gc), path(&gk)),
+        ),
+        upstream("no_cert", "auto", format!("{{ ca: \"{}\", server_name: backend.test }}", path(&ca_file))),
+    ]
+    .concat();
+    let routes: String = ["auto", "h1", "h2", "other_ca", "no_name", "no_cert"]
+        .iter()
+        .map(|n| format!("  - {{ name: {n}, match: {{ prefix: /{n} }}, upstream: {n}, public: true }}\n"))
+        .collect();
+    let yaml = format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nupstreams:\n{upstreams}routes:\n{routes}"
+    );
+    let gw = TestGateway::start(&yaml).await;
+
+    // Verified, with SNI and the gateway's client certificate; the protocol as configured.
+    let want_cert = pki::sha256_hex(&gw_cert.der);
+    for (route, version) in [("auto", "HTTP/2.0"), ("h1", "HTTP/1.1"), ("h2", "HTTP/2.0")] {
+        let (status, h, body) = get(&gw.url(&format!("/{route}/x"))).await;
+        assert_eq!(status, 200, "{route}: {body}");
+        assert_eq!(h["x-version"], version, "{route}");
+        assert_eq!(h["x-client-cert"], want_cert.as_str(), "{route}");
+        assert_eq!(h["x-sni"], "backend.test", "{route}");
+    }
+    let served = hits.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A certificate from a CA the upstream's `tls.ca` does not hold, a name that does not
+    // match it, no client certificate: 502 (503 once probes have failed too), and no
+    // request reaches the backend.
+    for route in ["other_ca", "no_name", "no_cert"] {
+        let (status, _, body) = get(&gw.url(&format!("/{route}/x"))).await;
+        assert!(status == 502 || status == 503, "{route}: {status} {body}");
+    }
+    // (Health probes of the good upstreams may have come in meanwhile; the refused ones
+    // never get a request through.)
+    let probes_only = hits.load(std::sync::atomic::Ordering::SeqCst) - served;
+    assert!(probes_only <= 30, "{probes_only}");
+
+    // Health probes speak TLS too: the good upstreams are healthy, the refused ones not.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let state = |n: &str| gw.upstream_status(n)["targets"][0]["state"].as_str().unwrap_or("").to_string();
+    for n in ["auto", "h1", "h2"] {
+        assert_eq!(state(n), "healthy", "{n}");
+    }
+    for n in ["other_ca", "no_name", "no_cert"] {
+        assert_eq!(state(n), "unhealthy", "{n}");
+    }
+}

@@ -629,7 +629,33 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
             );
             lf.finish(d);
         }
-        f.unsupported(d, "tls", "TLS to upstreams (`tls`)");
+        let mut protocol = UpstreamProtocol::Http1;
+        if let Some((n, p)) = f.get("protocol")
+            && let Some(v) = scalar(d, n, &p)
+        {
+            protocol = match v {
+                "http1" => UpstreamProtocol::Http1,
+                "h2" => UpstreamProtocol::H2,
+                "auto" => UpstreamProtocol::Auto,
+                other => {
+                    d.err(n.pos, &p, format!("unknown protocol `{other}`; expected http1, h2 or auto"));
+                    UpstreamProtocol::Http1
+                }
+            };
+        }
+        let tls_block = f.get("tls").map(|(n, p)| (n.pos, tls::decode_upstream_tls(d, n, &p), p));
+        let https: Vec<bool> = targets.iter().chain(&backup).map(|t| t.https).collect();
+        let tls = match (https.first(), tls_block) {
+            (Some(true), block) => Some(block.and_then(|(_, t, _)| t).unwrap_or_default()),
+            (_, Some((pos, _, p))) => {
+                d.err(pos, &p, "`tls` is for https:// targets; these are http://");
+                None
+            }
+            (_, None) => None,
+        };
+        if https.iter().any(|h| *h != https[0]) {
+            d.err(item.pos, &ip, "targets of one upstream are all http:// or all https://");
+        }
         f.finish(d);
         // An upstream with a bad field is still recorded by name, so routes naming it do not
         // get a second, misleading error; the config is refused either way.
@@ -646,6 +672,8 @@ fn decode_upstreams(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<(Upstre
                     response_timeout: response,
                     idle_timeout: idle,
                     limits,
+                    protocol,
+                    tls,
                 },
                 item.pos,
             ));
@@ -889,7 +917,7 @@ fn decode_retries(d: &mut Decoder<'_>, node: &Node, path: &str) -> RetryConfig {
 
 fn decode_target(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<TargetConfig> {
     let mut f = Fields::new(d, node, path)?;
-    let authority = match f.get("url") {
+    let target = match f.get("url") {
         Some((n, p)) => {
             let s = scalar(d, n, &p)?;
             match parse_target_url(s) {
@@ -908,18 +936,19 @@ fn decode_target(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<TargetC
     let mut weight = 1;
     f.set(d, "weight", |d, n, p| integer(d, n, p, 1, 1000).map(|v| v as u32), &mut weight);
     f.finish(d);
-    Some(TargetConfig { authority: authority?, weight })
+    let (authority, https) = target?;
+    Some(TargetConfig { authority, weight, https })
 }
 
-fn parse_target_url(s: &str) -> Result<http::uri::Authority, String> {
+/// A target URL: its `host:port` (the scheme's default port when none is given) and whether
+/// it is `https`.
+fn parse_target_url(s: &str) -> Result<(http::uri::Authority, bool), String> {
     let uri: http::Uri = s.parse().map_err(|_| format!("invalid URL `{s}`"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https targets are not supported yet in this version of Portcullis".into());
-        }
-        _ => return Err(format!("invalid URL `{s}`: expected http://HOST:PORT")),
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("invalid URL `{s}`: expected http://HOST:PORT or https://HOST:PORT")),
+    };
     let auth = uri.authority().ok_or_else(|| format!("invalid URL `{s}`: no host"))?.clone();
     if auth.as_str().contains('@') {
         return Err(format!("invalid URL `{s}`: credentials in URLs are not allowed"));
@@ -931,9 +960,11 @@ fn parse_target_url(s: &str) -> Result<http::uri::Authority, String> {
         return Err(format!("invalid URL `{s}`: a target is scheme://host:port, without a path or query"));
     }
     if auth.port_u16().is_none() {
-        return format!("{}:80", auth.host()).parse().map_err(|_| format!("invalid URL `{s}`"));
+        let port = if https { 443 } else { 80 };
+        let auth = format!("{}:{port}", auth.host()).parse().map_err(|_| format!("invalid URL `{s}`"))?;
+        return Ok((auth, https));
     }
-    Ok(auth)
+    Ok((auth, https))
 }
 
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];

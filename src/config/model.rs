@@ -627,15 +627,48 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// `limits`: circuit breaking.
     pub limits: UpstreamLimits,
+    /// `protocol`: the HTTP version spoken to the targets.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the targets: set when they are `https://` (with `tls:`'s settings, or the
+    /// system's roots and nothing else when `tls:` is not given).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `upstreams[].protocol`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// `http1` (default): HTTP/1.1, a pool of keep-alive connections.
+    #[default]
+    Http1,
+    /// `h2`: HTTP/2 (prior knowledge on `http://`, ALPN `h2` on `https://`), one
+    /// multiplexed connection per target. gRPC needs it.
+    H2,
+    /// `auto`: over TLS, what ALPN settles (h2 preferred); HTTP/1.1 on `http://`.
+    Auto,
+}
+
+/// `upstreams[].tls`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct UpstreamTls {
+    /// `ca`: the CA bundle that verifies the targets' certificates (default: the system's
+    /// roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// `client_cert` and `client_key`: the gateway's certificate for mTLS to the targets.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `server_name`: the name sent as SNI and verified in the certificate (default: the
+    /// target's host).
+    pub server_name: Option<String>,
 }
 
 /// `upstreams[].targets[]` and `upstreams[].backup[]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetConfig {
-    /// `host:port` of the target (plain HTTP).
+    /// `host:port` of the target.
     pub authority: http::uri::Authority,
     /// `weight` (1-1000, default 1): share of traffic relative to the other targets.
     pub weight: u32,
+    /// The URL is `https://`.
+    pub https: bool,
 }
 
 /// `upstreams[].health`

@@ -342,7 +342,12 @@ fn bad_upstream_settings() {
         ("    retries: { on: [sometimes] }", "unknown retry condition `sometimes`"),
         ("    retries: { on: [\"200\"] }", "unknown retry condition `200`"),
         ("    limits: { max_connections: 0 }", "limits.max_connections"),
-        ("    tls: {}", "TLS to upstreams (`tls`) is not supported yet"),
+        ("    tls: {}", "`tls` is for https:// targets; these are http://"),
+        ("    protocol: h3", "unknown protocol `h3`; expected http1, h2 or auto"),
+        ("    backup: [{ url: \"https://b:1\" }]", "all http:// or all https://"),
+        ("    tls: { client_cert: c.pem }", "`client_cert` needs `client_key`"),
+        ("    tls: { ca: /nonexistent/ca.pem }", "cannot read `/nonexistent/ca.pem`"),
+        ("    tls: { server_name: \"a b\" }", "is not a DNS name or IP address"),
         ("    backup: [{ url: \"http://127.0.0.1:2/\" }]", "127.0.0.1:2 is listed already as upstreams[0].targets[0]"),
     ];
     for (up, want) in cases {

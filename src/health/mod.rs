@@ -27,20 +27,24 @@ use crate::observe::rfc3339;
 #[derive(Debug, Default)]
 pub struct HealthCache {
     // Cold path: locked only while a config is compiled.
-    targets: Mutex<HashMap<(String, Authority, bool), Arc<TargetHealth>>>,
+    targets: Mutex<HashMap<TargetKey, Arc<TargetHealth>>>,
     /// Per upstream name: bumped by every change of one of its targets' availability; its
     /// balancer compares it with the value its view was built at.
     epochs: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
+/// Upstream name, target, backup, TLS.
+type TargetKey = (String, Authority, bool, bool);
+
 impl HealthCache {
-    /// The state of `authority` as a primary (or backup) target of `upstream`.
-    pub fn target(&self, upstream: &str, authority: &Authority, backup: bool) -> Arc<TargetHealth> {
+    /// The state of `authority` (reached over TLS when `https`) as a primary (or backup)
+    /// target of `upstream`.
+    pub fn target(&self, upstream: &str, authority: &Authority, backup: bool, https: bool) -> Arc<TargetHealth> {
         let epoch = self.epoch(upstream);
         self.targets
             .lock()
-            .entry((upstream.to_string(), authority.clone(), backup))
-            .or_insert_with(|| Arc::new(TargetHealth::new(upstream, authority.clone(), backup, epoch)))
+            .entry((upstream.to_string(), authority.clone(), backup, https))
+            .or_insert_with(|| Arc::new(TargetHealth::new(upstream, authority.clone(), backup, https, epoch)))
             .clone()
     }
 
@@ -62,6 +66,7 @@ pub struct TargetHealth {
     upstream: String,
     authority: Authority,
     backup: bool,
+    https: bool,
     epoch: Arc<AtomicU64>,
     /// The active probes say it is down.
     probed_down: AtomicBool,
@@ -145,11 +150,12 @@ impl Drop for InFlight {
 }
 
 impl TargetHealth {
-    fn new(upstream: &str, authority: Authority, backup: bool, epoch: Arc<AtomicU64>) -> Self {
+    fn new(upstream: &str, authority: Authority, backup: bool, https: bool, epoch: Arc<AtomicU64>) -> Self {
         TargetHealth {
             upstream: upstream.to_string(),
             authority,
             backup,
+            https,
             epoch,
             probed_down: AtomicBool::new(false),
             ejected: AtomicBool::new(false),
@@ -296,7 +302,7 @@ impl TargetHealth {
             "healthy"
         };
         TargetStatus {
-            url: format!("http://{}", self.authority),
+            url: format!("{}://{}", if self.https { "https" } else { "http" }, self.authority),
             backup: self.backup,
             state,
             since: rfc3339(info.since),

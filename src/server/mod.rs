@@ -96,8 +96,12 @@ impl Snapshot {
             Table::new(&protected)
         });
         let stop = inner.shutdown.child_token();
-        let upstreams =
-            config.upstreams.iter().map(|u| Arc::new(Upstream::new(u, &inner.clients, &inner.health, &stop))).collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u, &inner.clients, &inner.health, &stop).map(Arc::new))
+            .collect::<Result<Upstreams, String>>()
+            .map_err(GatewayStartError::Tls)?;
         let route_metrics = config.routes.iter().map(|r| inner.metrics.route(&r.name)).collect();
         inner.metrics.retain_routes(config.routes.iter().map(|r| r.name.as_str()));
         let access_log = inner.access_log(config.access_log.as_ref());

@@ -20,7 +20,7 @@ use crate::auth::{AuthFailure, Authenticator};
 use crate::body::{Done, Finish, GwBody};
 use crate::config::AuthMethod;
 use crate::config::ListenerLimits;
-use crate::error::{GatewayError, rescue};
+use crate::error::{GatewayError, rescue, rescue_grpc};
 use crate::observe::access::{Record, clip_path, trace_id};
 use crate::observe::events::{AuthOutcome, BlockReason, SecurityEvent};
 use crate::observe::trace::{Span, TraceContext, now_ns};
@@ -214,6 +214,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         snap,
         armed: true,
     };
+    let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let traceparent = span.map(|(c, _)| (c.traceparent(), c.parent.is_some()));
     let mut res = match proxy(&ctx, &rec.snap, req, &request_id, traceparent, progress.as_ref(), &mut rec.outcome).await
     {
@@ -227,7 +228,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
             } else {
                 tracing::debug!(error = %e, request_id = ?request_id, client = %ctx.peer, config_version = version, status = status.as_u16(), "Request refused");
             }
-            rescue(&e, &request_id)
+            if grpc { rescue_grpc(&e, &request_id) } else { rescue(&e, &request_id) }
         }
     };
     if ctx.http1
@@ -248,6 +249,27 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     let finish = rec.finish(res.status().as_u16());
     res.body_mut().on_finish(finish);
     Ok(res)
+}
+
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(v: &[u8]) -> Option<std::time::Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    use std::time::Duration as D;
+    Some(match unit {
+        b'H' => D::from_secs(n * 3600),
+        b'M' => D::from_secs(n * 60),
+        b'S' => D::from_secs(n),
+        b'm' => D::from_millis(n),
+        b'u' => D::from_micros(n),
+        b'n' => D::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 upstream must get one
@@ -512,9 +534,19 @@ async fn proxy(
     let upstream = &snap.upstreams[route.upstream];
     drop(host);
 
+    // gRPC's deadline: the upstream must answer within it (and is told it, as sent).
+    let deadline = parts.headers.get(&GRPC_TIMEOUT).and_then(|v| grpc_timeout(v.as_bytes()));
+    // `TE: trailers` is the one hop-by-hop value that goes on: gRPC servers need it.
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     // Hop-by-hop first: `Connection` must not be able to name (and so remove) the identity
     // headers set below.
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
     snap.auth.strip_identity(&mut parts.headers);
     if let Some(cert) = &ctx.cert {
@@ -589,6 +621,7 @@ async fn proxy(
         body: progress.map(|p| &**p),
         client: ctx.peer.ip(),
         retry_non_idempotent: route.retry_non_idempotent,
+        deadline,
     };
     let sent = Instant::now();
     let forwarded = upstream.forward(upstream_req, call).await;
@@ -611,7 +644,19 @@ async fn proxy(
 
 #[cfg(test)]
 mod tests {
-    use super::{LimitKey, limit_ip};
+    use super::{LimitKey, grpc_timeout, limit_ip};
+
+    #[test]
+    fn grpc_timeouts() {
+        use std::time::Duration as D;
+        assert_eq!(grpc_timeout(b"100m"), Some(D::from_millis(100)));
+        assert_eq!(grpc_timeout(b"2S"), Some(D::from_secs(2)));
+        assert_eq!(grpc_timeout(b"1H"), Some(D::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"99999999n"), Some(D::from_nanos(99_999_999)));
+        for bad in [&b""[..], b"S", b"100", b"123456789S", b"-1S", b"1.5S", b"10x"] {
+            assert_eq!(grpc_timeout(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
     use crate::config::RateKey;
 
     #[test]

@@ -6,6 +6,7 @@
 //! rustls with the aws-lc provider; TLS 1.2 and 1.3 only, with that provider's default
 //! (AEAD, forward-secret) cipher suites.
 
+pub mod client;
 pub mod identity;
 pub mod server;
 

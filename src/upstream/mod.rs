@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
@@ -28,9 +28,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Balance, RetryConfig, UpstreamConfig};
+use crate::config::{Balance, RetryConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls};
 use crate::error::{GatewayError, cause_ref};
 use crate::health::{Group, HealthCache, InFlight, TargetStatus};
+use crate::net::Connector;
 use crate::protect::{BodyError, BodyProgress, LimitedBody};
 use balance::{Candidate, Live, Mode, Tried, hash_key};
 pub use body::ProxyBody;
@@ -45,7 +46,7 @@ use retry::Budget;
 #[derive(Debug, Default)]
 pub struct PoolCache {
     // Cold path: locked only while a config is compiled.
-    pools: Mutex<HashMap<(Authority, Duration), Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// Circuit-breaker slots and retry budget per upstream name, kept while their settings
     /// stay the same, so a reload neither doubles the in-flight limit nor refills the budget.
     guards: Mutex<HashMap<String, Guards>>,
@@ -58,12 +59,16 @@ struct Guards {
     budget: Arc<Budget>,
 }
 
+/// What makes two pools interchangeable: the target and how it is reached.
+type PoolKey = (Authority, Duration, UpstreamProtocol, Option<UpstreamTls>);
+
 impl PoolCache {
-    fn get(&self, authority: &Authority, connect_timeout: Duration) -> Arc<Pool> {
+    fn get(&self, authority: &Authority, cfg: &UpstreamConfig, connector: &Arc<Connector>) -> Arc<Pool> {
+        let key = (authority.clone(), cfg.connect_timeout, cfg.protocol, cfg.tls.clone());
         self.pools
             .lock()
-            .entry((authority.clone(), connect_timeout))
-            .or_insert_with(|| Arc::new(Pool::new(authority.clone(), connect_timeout)))
+            .entry(key)
+            .or_insert_with(|| Arc::new(Pool::new(authority.clone(), cfg.connect_timeout, connector.clone())))
             .clone()
     }
 
@@ -121,6 +126,9 @@ pub struct Call<'a> {
     pub client: IpAddr,
     /// The route allows retrying non-idempotent methods.
     pub retry_non_idempotent: bool,
+    /// A deadline the caller set (gRPC's `grpc-timeout`): the response head must come
+    /// within it, if that is sooner than `timeouts.response`.
+    pub deadline: Option<Duration>,
 }
 
 /// How an attempt failed, for the retry rules and passive health.
@@ -174,6 +182,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
+    /// `https` for TLS targets (the `:scheme` of HTTP/2 requests).
+    scheme: Scheme,
 }
 
 /// An upstream as the admin API shows it.
@@ -216,8 +226,16 @@ fn is_idempotent(m: &Method) -> bool {
 
 impl Upstream {
     /// Build from config, reusing pools and health state. Active probes, if configured,
-    /// run until `stop` is cancelled.
-    pub fn new(cfg: &UpstreamConfig, pools: &PoolCache, health: &HealthCache, stop: &CancellationToken) -> Self {
+    /// run until `stop` is cancelled. Fails if the TLS files named cannot be used.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        pools: &PoolCache,
+        health: &HealthCache,
+        stop: &CancellationToken,
+    ) -> Result<Self, String> {
+        let connector = Arc::new(
+            Connector::new(cfg.protocol, cfg.tls.as_ref()).map_err(|e| format!("upstream `{}`: {e}", cfg.name))?,
+        );
         let targets = cfg.targets.iter().map(|t| (t, false)).chain(cfg.backup.iter().map(|t| (t, true)));
         let mut members = Vec::new();
         let mut states = Vec::new();
@@ -225,17 +243,18 @@ impl Upstream {
             members.push(Member {
                 authority: t.authority.clone(),
                 key: t.authority.to_string(),
-                pool: pools.get(&t.authority, cfg.connect_timeout),
+                pool: pools.get(&t.authority, cfg, &connector),
                 weight: t.weight,
                 backup,
             });
-            states.push(health.target(&cfg.name, &t.authority, backup));
+            states.push(health.target(&cfg.name, &t.authority, backup, t.https));
         }
         match &cfg.health.active {
             Some(active) => {
                 let active = Arc::new(active.clone());
-                for s in &states {
-                    crate::health::active::spawn(s.clone(), active.clone(), stop.child_token());
+                for (s, m) in states.iter().zip(&members) {
+                    let connector = m.pool.connector().clone();
+                    crate::health::active::spawn(s.clone(), active.clone(), connector, stop.child_token());
                 }
             }
             None => states.iter().for_each(|s| s.forget_probes()),
@@ -259,9 +278,10 @@ impl Upstream {
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             idle_timeout: cfg.idle_timeout,
+            scheme: if cfg.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP },
         };
         up.rebuild();
-        up
+        Ok(up)
     }
 
     /// Name from config.
@@ -403,7 +423,7 @@ impl Upstream {
                 _ => None,
             };
             let in_flight = self.health.members()[idx].start_request();
-            match self.attempt(idx, &mut pending, call.body).await {
+            match self.attempt(idx, &mut pending, call.body, call.deadline).await {
                 Ok((res, tx)) => {
                     let status = res.status();
                     if status.is_server_error() {
@@ -462,6 +482,7 @@ impl Upstream {
         idx: usize,
         slot: &mut Option<Request<ProxyBody>>,
         progress: Option<&BodyProgress>,
+        deadline: Option<Duration>,
     ) -> Result<(Response<Incoming>, pool::Sender), Failed> {
         let member = &self.members[idx];
         let mut progress = progress;
@@ -483,13 +504,18 @@ impl Upstream {
                     Ok(x) => x,
                     Err(e) => return Err(Failed { error: self.connect_error(e), kind: Failure::Connect }),
                 };
-                let Some(req) = slot.take() else {
+                let Some(mut req) = slot.take() else {
                     return Err(Failed {
                         error: GatewayError::BadRequest("request already sent"),
                         kind: Failure::Client,
                     });
                 };
-                match tx.try_send_request(req).await {
+                if tx.is_h2() {
+                    self.as_h2(&mut req, &member.authority);
+                } else if req.version() != Version::HTTP_11 {
+                    as_h1(&mut req);
+                }
+                match tx.try_send(req).await {
                     Ok(res) => return Ok((res, tx)),
                     Err(mut e) => {
                         let unsent = e.take_message();
@@ -516,7 +542,7 @@ impl Upstream {
                 }
             }
         };
-        let limit = self.response_timeout;
+        let limit = deadline.map_or(self.response_timeout, |d| d.min(self.response_timeout));
         // Ends with the side at fault: the client (its body stopped coming) or the upstream.
         let expired = async {
             let mut deadline = Instant::now() + limit;
@@ -549,6 +575,26 @@ impl Upstream {
                 kind,
             }),
         }
+    }
+
+    /// Make `req` (origin-form, `Host` set) an HTTP/2 request: the absolute URI gives
+    /// `:scheme` and `:authority` (the `Host` the client asked for, which stays as well, as
+    /// RFC 9113 §8.3.1 allows an intermediary), and HTTP/1.1 framing headers go.
+    fn as_h2(&self, req: &mut Request<ProxyBody>, target: &Authority) {
+        let authority = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| target.clone());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(authority);
+        parts.path_and_query = req.uri().path_and_query().cloned().or_else(|| Some(PathAndQuery::from_static("/")));
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        req.headers_mut().remove(http::header::TRANSFER_ENCODING);
+        *req.version_mut() = Version::HTTP_2;
     }
 
     fn connect_error(&self, source: ConnectError) -> GatewayError {
@@ -591,6 +637,14 @@ impl Upstream {
                 .collect(),
         }
     }
+}
+
+/// Back to HTTP/1.1 (a request first fitted for an HTTP/2 connection that did not take it).
+fn as_h1(req: &mut Request<ProxyBody>) {
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
 }
 
 /// The head of a request, for sending it again.

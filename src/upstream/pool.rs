@@ -1,72 +1,131 @@
-//! Keep-alive connection pools, one per target.
+//! Connections to one target: a pool of keep-alive HTTP/1.1 connections, or one shared
+//! HTTP/2 connection.
 //!
-//! A lean pool on hyper's HTTP/1 client connections: checkout pops the most recently used
-//! idle connection (LIFO keeps few connections warm), and a connection goes back only when
-//! its response body has been read to the end, so an unread body never poisons the next
-//! request. No task is spawned and nothing is allocated per request beyond what hyper does.
+//! HTTP/1.1: checkout pops the most recently used idle connection (LIFO keeps few
+//! connections warm), and a connection goes back only when its response body has been read
+//! to the end, so an unread body never poisons the next request. HTTP/2: every request
+//! shares one multiplexed connection, replaced when it closes. No task is spawned and nothing
+//! is allocated per request beyond what hyper does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{Held, ProxyBody};
-use crate::net::{DialError, dial};
+use crate::net::{Connector, DialError};
 
 /// Idle connections kept per target.
 const MAX_IDLE: usize = 256;
 /// An idle connection older than this is closed rather than reused: many servers close
 /// idle connections after 60 s, and reusing one they are closing loses the request.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
+/// HTTP/2 keep-alive: a PING after this long without frames, and the connection is given up
+/// if the answer takes longer than `H2_PING_TIMEOUT`.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) type Sender = SendRequest<ProxyBody>;
+/// A connection ready for one exchange.
+#[derive(Debug)]
+pub(crate) enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
 
-/// Idle connections to one target.
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    /// Whether requests go out as HTTP/2.
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Send `req`; an error hands back a request that was never sent.
+    pub(crate) async fn try_send(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// Connections to one target.
 #[derive(Debug)]
 pub(crate) struct Pool {
     authority: Authority,
     connect_timeout: Duration,
+    connector: Arc<Connector>,
     // Locked for a push or a pop only, never across an await.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, Instant)>>,
+    /// The shared HTTP/2 connection, if one is open.
+    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl Pool {
     /// Idle keep-alive connections that could be used now (closed or too old ones, which
-    /// leave the list at the next checkout, are not counted).
+    /// leave the list at the next checkout, are not counted); an open HTTP/2 connection
+    /// counts as one.
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle.lock().iter().filter(|(s, at)| !s.is_closed() && at.elapsed() <= MAX_IDLE_AGE).count()
+        let h1 = self.idle.lock().iter().filter(|(s, at)| !s.is_closed() && at.elapsed() <= MAX_IDLE_AGE).count();
+        h1 + usize::from(self.h2.lock().as_ref().is_some_and(|s| !s.is_closed()))
+    }
+
+    /// How targets are reached (shared with the health probes).
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
+        &self.connector
     }
 }
 
 /// Why a new connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Resolving or TCP connect failed, or took longer than `timeouts.connect`.
+    /// Resolving, TCP connect or the TLS handshake failed, or took longer than
+    /// `timeouts.connect`.
     #[error(transparent)]
     Dial(#[from] DialError),
-    /// The HTTP/1 handshake failed.
+    /// The HTTP handshake failed.
     #[error("HTTP handshake failed")]
     Handshake(#[source] hyper::Error),
 }
 
 impl Pool {
-    pub(crate) fn new(authority: Authority, connect_timeout: Duration) -> Self {
-        Pool { authority, connect_timeout, idle: Mutex::new(Vec::new()) }
+    pub(crate) fn new(authority: Authority, connect_timeout: Duration, connector: Arc<Connector>) -> Self {
+        Pool { authority, connect_timeout, connector, idle: Mutex::new(Vec::new()), h2: Mutex::new(None) }
     }
 
     /// A connection ready for one request; the flag says whether it was reused.
     pub(crate) async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
+        if let Some(tx) = self.h2.lock().as_ref().filter(|s| !s.is_closed()) {
+            return Ok((Sender::H2(tx.clone()), true));
+        }
         loop {
             let Some((tx, since)) = self.idle.lock().pop() else { break };
             // Not ready means the previous exchange is still going (the upstream answered
             // before the request body was all sent): never wait behind another client's
             // upload; drop our handle and let that exchange finish on its own.
             if tx.is_ready() && since.elapsed() <= MAX_IDLE_AGE {
-                return Ok((tx, true));
+                return Ok((Sender::H1(tx), true));
             }
         }
         self.connect().await.map(|tx| (tx, false))
@@ -74,24 +133,43 @@ impl Pool {
 
     /// Return a connection whose exchange is complete.
     pub(crate) fn checkin(&self, tx: Sender) {
-        if tx.is_closed() {
+        if tx.is_closed() || !tx.is_ready() {
             return;
         }
-        let mut idle = self.idle.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push((tx, Instant::now()));
+        match tx {
+            Sender::H1(tx) => {
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_IDLE {
+                    idle.push((tx, Instant::now()));
+                }
+            }
+            // The pool holds the shared connection already.
+            Sender::H2(_) => {}
         }
     }
 
     async fn connect(&self) -> Result<Sender, ConnectError> {
-        let stream = dial(&self.authority, self.connect_timeout).await?;
-        let (tx, conn) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+        let (stream, h2) = self.connector.open(&self.authority, self.connect_timeout).await?;
+        let io = TokioIo::new(stream);
+        if h2 {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .keep_alive_while_idle(false);
+            let (tx, conn) = b.handshake(io).await.map_err(ConnectError::Handshake)?;
+            tokio::spawn(async move {
+                // Ends when the upstream closes or the last sender is dropped.
+                let _ = conn.await;
+            });
+            *self.h2.lock() = Some(tx.clone());
+            return Ok(Sender::H2(tx));
+        }
+        let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(ConnectError::Handshake)?;
         tokio::spawn(async move {
-            // Ends when the upstream closes or the last sender is dropped.
             let _ = conn.await;
         });
-        Ok(tx)
+        Ok(Sender::H1(tx))
     }
 }
 

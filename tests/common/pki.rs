@@ -205,3 +205,67 @@ pub async fn exchange(s: Stream, req: Request<TestBody>) -> Result<TlsAnswer, St
     let body: Bytes = res.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
     Ok(TlsAnswer { status, headers, body: String::from_utf8_lossy(&body).into_owned(), alpn, version, server_cert })
 }
+
+/// An HTTPS upstream on 127.0.0.1 presenting `leaf`; with `client_ca`, it requires client
+/// certificates from that CA. It answers every request 200 with `x-version` (the HTTP
+/// version it was spoken to in), `x-client-cert` (SHA-256 of the client's certificate, hex,
+/// or `none`) and `x-sni`; hits are counted.
+pub async fn tls_upstream(leaf: &Leaf, client_ca: Option<&Ca>) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let b = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der.clone()).expect("root");
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+            b.with_client_cert_verifier(v)
+        }
+        None => b.with_no_client_auth(),
+    };
+    let mut cfg = b.with_single_cert(vec![leaf.der.clone()], leaf.key_der.clone_key()).expect("server cert");
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            let hits = h.clone();
+            tokio::spawn(async move {
+                let Ok(s) = acceptor.accept(tcp).await else { return };
+                let (_, session) = s.get_ref();
+                let cert = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map_or_else(|| "none".to_string(), |c| sha256_hex(c));
+                let sni = session.server_name().unwrap_or("none").to_string();
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let res = http::Response::builder()
+                        .header("x-version", format!("{:?}", req.version()))
+                        .header("x-client-cert", cert.clone())
+                        .header("x-sni", sni.clone())
+                        .body(full("tls upstream"))
+                        .expect("response");
+                    async move { Ok::<_, std::convert::Infallible>(res) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// SHA-256 of `der`, lower-case hex.
+pub fn sha256_hex(der: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}

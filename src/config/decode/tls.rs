@@ -99,3 +99,41 @@ fn file(
         }
     }
 }
+
+/// `upstreams[].tls`: `ca`, `client_cert` with `client_key`, `server_name`.
+pub(super) fn decode_upstream_tls(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<UpstreamTls> {
+    let mut f = Fields::new(d, node, path)?;
+    let mut out = UpstreamTls::default();
+    if let Some((n, p)) = f.get("ca")
+        && let Some(s) = scalar(d, n, &p)
+    {
+        let ca = d.resolve(s);
+        if let Err(e) = crate::tls::load_roots(&ca) {
+            d.err(n.pos, &p, e);
+        }
+        out.ca = Some(ca);
+    }
+    let cert = f.get("client_cert").and_then(|(n, p)| scalar(d, n, &p).map(|s| (n.pos, d.resolve(s))));
+    let key = f.get("client_key").and_then(|(n, p)| scalar(d, n, &p).map(|s| (n.pos, d.resolve(s))));
+    match (cert, key) {
+        (Some((pos, c)), Some((_, k))) => {
+            if let Err(e) = crate::tls::load_pair(&c, &k) {
+                d.err(pos, &join(path, "client_cert"), e);
+            }
+            out.client_cert = Some((c, k));
+        }
+        (Some((pos, _)), None) => d.err(pos, &join(path, "client_key"), "`client_cert` needs `client_key`"),
+        (None, Some((pos, _))) => d.err(pos, &join(path, "client_cert"), "`client_key` needs `client_cert`"),
+        (None, None) => {}
+    }
+    if let Some((n, p)) = f.get("server_name")
+        && let Some(s) = scalar(d, n, &p)
+    {
+        match rustls_pki_types::ServerName::try_from(s) {
+            Ok(_) => out.server_name = Some(s.to_string()),
+            Err(_) => d.err(n.pos, &p, format!("`{s}` is not a DNS name or IP address")),
+        }
+    }
+    f.finish(d);
+    Some(out)
+}
