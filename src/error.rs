@@ -104,6 +104,15 @@ pub enum GatewayError {
         /// Upstream name.
         upstream: String,
     },
+    /// The upstream cannot take this kind of request, or answered in a way that cannot be
+    /// passed on (a WebSocket to an HTTP/2-only upstream, an unasked-for `101`).
+    #[error("upstream `{upstream}`: {why}")]
+    UpstreamProtocol {
+        /// Upstream name.
+        upstream: String,
+        /// What went wrong.
+        why: &'static str,
+    },
     /// The exchange with the upstream failed after connecting.
     #[error("request to upstream `{upstream}` failed")]
     Upstream {
@@ -204,6 +213,11 @@ impl GatewayError {
             GatewayError::Upstream { .. } => {
                 (StatusCode::BAD_GATEWAY, "Bad Gateway", "the upstream service failed to answer".into())
             }
+            GatewayError::UpstreamProtocol { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway",
+                "the upstream service cannot take this request or answered in a way that cannot be passed on".into(),
+            ),
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct Metrics {
     pub access_log_dropped: AtomicU64,
     /// Access-log lines written.
     pub access_log_written: AtomicU64,
+    /// HTTP/2 connections closed because their client cancelled most of its requests.
+    pub h2_abusive_closes: AtomicU64,
     /// TLS handshakes completed on listeners.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed (bad or missing client certificate, protocol errors,
@@ -198,6 +200,12 @@ impl Metrics {
             "# HELP portcullis_config_reloads_total Config reloads, by result.\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total{{result=\"applied\"}} {}\nportcullis_config_reloads_total{{result=\"failed\"}} {}\n",
             self.reloads_applied.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed)
+        );
+        counter(
+            out,
+            "portcullis_h2_abusive_connections_closed_total",
+            "HTTP/2 connections closed because their client cancelled most of its requests (rapid reset).",
+            self.h2_abusive_closes.load(Ordering::Relaxed),
         );
         let _ = write!(
             out,

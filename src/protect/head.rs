@@ -43,7 +43,17 @@ pub(crate) struct ConnState {
     started: AtomicU64,
     finished: AtomicU64,
     linger: AtomicBool,
+    /// The connection switched protocols (WebSocket): no more requests on it.
+    upgraded: AtomicBool,
+    /// HTTP/2: requests the client cancelled before their answer, and the signal that
+    /// the connection should close for it.
+    cancelled: AtomicU64,
+    abusive: tokio::sync::Notify,
 }
+
+/// HTTP/2 requests cancelled before their answer that a connection may have before the
+/// ratio below is checked.
+const CANCEL_FLOOR: u64 = 200;
 
 impl ConnState {
     /// A request head was parsed and handed to the pipeline.
@@ -53,6 +63,26 @@ impl ConnState {
     /// A response (head and body) was fully written or abandoned.
     pub(crate) fn response_finished(&self) {
         self.finished.fetch_add(1, Ordering::Release);
+    }
+    /// The connection is switching protocols after this response: what follows is no
+    /// longer HTTP, and the guard lets it pass.
+    pub(crate) fn set_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+    /// An HTTP/2 request was cancelled by the client before its answer (the paced form of
+    /// rapid reset, CVE-2023-44487, that h2's own limit on not-yet-accepted resets misses:
+    /// each stream is accepted, and so sent upstream, before its reset). Once more than
+    /// `CANCEL_FLOOR` have been, and they are over half the requests on the connection,
+    /// [`ConnState::abusive`] fires.
+    pub(crate) fn request_cancelled(&self) {
+        let n = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > CANCEL_FLOOR && n * 2 > self.started() {
+            self.abusive.notify_one();
+        }
+    }
+    /// Resolves when the connection's client cancels too many requests.
+    pub(crate) async fn abusive(&self) {
+        self.abusive.notified().await;
     }
     /// The connection will close with request bytes possibly unread: drain before closing.
     pub(crate) fn set_linger(&self) {
@@ -357,7 +387,10 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<T> {
             let this = self.as_mut().project();
             // In a message, or closing after this one (what is left is the unread part of a
             // request body, never a next head): bytes pass untouched.
-            if !this.state.between_requests() || this.state.linger.load(Ordering::Relaxed) {
+            if !this.state.between_requests()
+                || this.state.linger.load(Ordering::Relaxed)
+                || this.state.upgraded.load(Ordering::Acquire)
+            {
                 return read_through(this.inner, this.prefix, cx, buf);
             }
             let finished = this.state.finished();

@@ -166,9 +166,15 @@ where
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
+        // h2's defaults, set so that a change of them cannot lift these limits quietly:
+        // resets of streams not yet accepted (rapid reset), and streams we reset ourselves.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        // RFC 8441: WebSocket over HTTP/2 streams (extended CONNECT).
+        .enable_connect_protocol();
     let h2 = b.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(h2);
     // Idle: no stream open and none started or finished over a whole idle_timeout
@@ -178,6 +184,12 @@ where
         tokio::select! {
             _ = h2.as_mut() => return,
             _ = conn.cancel.cancelled() => break false,
+            () = state.abusive() => {
+                conn.gw.shared.metrics.h2_abusive_closes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(client = %conn.peer, "HTTP/2 client cancels most of its requests (rapid reset); closing the connection");
+                // At once: a graceful close would take more streams until the client acks.
+                return;
+            }
             _ = tokio::time::sleep(limits.idle_timeout) => {
                 let now = state.counters();
                 if now.0 == now.1 && now == seen {
@@ -217,7 +229,7 @@ where
         .keep_alive(true)
         .header_read_timeout(None)
         .max_buf_size((limits.max_header_bytes + 8192).max(64 * 1024));
-    let h1 = b.serve_connection(io, svc);
+    let h1 = b.serve_connection(io, svc).with_upgrades();
     tokio::pin!(h1);
     tokio::select! {
         _ = h1.as_mut() => return,

@@ -6,6 +6,7 @@
 
 mod conn;
 mod pipeline;
+mod tunnel;
 mod watch;
 
 use std::collections::hash_map::DefaultHasher;

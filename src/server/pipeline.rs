@@ -214,6 +214,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         snap,
         armed: true,
     };
+    // HTTP/2: a request dropped before `proxy` returns was cancelled by its client.
+    let mut cancel = Cancelled(if ctx.http1 { None } else { ctx.state.as_deref() });
     let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let traceparent = span.map(|(c, _)| (c.traceparent(), c.parent.is_some()));
     let mut res = match proxy(&ctx, &rec.snap, req, &request_id, traceparent, progress.as_ref(), &mut rec.outcome).await
@@ -231,6 +233,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
             if grpc { rescue_grpc(&e, &request_id) } else { rescue(&e, &request_id) }
         }
     };
+    // Answered: not a cancellation.
+    cancel.0 = None;
     if ctx.http1
         && let Some(s) = &ctx.state
     {
@@ -270,6 +274,17 @@ fn grpc_timeout(v: &[u8]) -> Option<std::time::Duration> {
         b'n' => D::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Counts an HTTP/2 request as cancelled if dropped (it is forgotten once answered).
+struct Cancelled<'a>(Option<&'a ConnState>);
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.request_cancelled();
+        }
+    }
 }
 
 /// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 upstream must get one
@@ -492,6 +507,18 @@ async fn proxy(
 ) -> Result<Response<GwBody>, GatewayError> {
     let (mut parts, body) = req.into_parts();
 
+    // WebSocket: an HTTP/1.1 Upgrade, or RFC 8441's extended CONNECT on an HTTP/2 stream
+    // (routed and sent upstream as the HTTP/1.1 GET it stands for).
+    let h2_websocket = !ctx.http1
+        && parts.method == Method::CONNECT
+        && parts.extensions.get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    let websocket =
+        h2_websocket || (ctx.http1 && parts.method == Method::GET && super::tunnel::wants_websocket(&parts.headers));
+    let on_upgrade = if websocket { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    if h2_websocket {
+        parts.method = Method::GET;
+    }
+
     // protect: bans and IP rules (for connections opened before a ban or a reload)
     let client = ctx.client;
     let shared = &ctx.gw.shared;
@@ -546,6 +573,14 @@ async fn proxy(
     strip_hop_by_hop(&mut parts.headers);
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if websocket {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if h2_websocket {
+            // HTTP/2 WebSocket clients send no key; the HTTP/1.1 upstream needs one.
+            parts.headers.insert(header::SEC_WEBSOCKET_KEY, super::tunnel::new_key());
+        }
     }
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
     snap.auth.strip_identity(&mut parts.headers);
@@ -629,8 +664,34 @@ async fn proxy(
     if !matches!(forwarded, Err(GatewayError::NoTarget { .. } | GatewayError::Overloaded { .. })) {
         outcome.upstream = Some(sent.elapsed());
     }
-    let (res, loan, target) = forwarded?;
+    let (mut res, loan, target) = forwarded?;
     outcome.target = Some(target);
+    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_side) = on_upgrade else {
+            return Err(GatewayError::UpstreamProtocol {
+                upstream: upstream.name().to_string(),
+                why: "switched protocols unasked",
+            });
+        };
+        let upstream_side = hyper::upgrade::on(&mut res);
+        let (mut rp, _) = res.into_parts();
+        strip_hop_by_hop(&mut rp.headers);
+        rp.headers.insert(X_REQUEST_ID, request_id.clone());
+        if h2_websocket {
+            // RFC 8441 §5: the stream is open once the CONNECT gets a 2xx.
+            rp.status = http::StatusCode::OK;
+            rp.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            rp.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            rp.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Some(s) = &ctx.state {
+                s.set_upgraded();
+            }
+        }
+        let stop = ctx.gw.shared.shutdown.clone();
+        ctx.gw.tracker.spawn(super::tunnel::relay(client_side, upstream_side, upstream.idle_timeout(), stop, loan));
+        return Ok(Response::from_parts(rp, GwBody::full(bytes::Bytes::new())));
+    }
 
     let (mut rp, rb) = res.into_parts();
     strip_hop_by_hop(&mut rp.headers);

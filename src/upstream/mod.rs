@@ -441,7 +441,8 @@ impl Upstream {
                     }
                     let held = Held { _in_flight: in_flight, _slot: admitted };
                     let loan = Loan::new(tx, self.members[idx].pool.clone(), held);
-                    if http_body::Body::is_end_stream(res.body()) {
+                    // An upgraded connection never goes back to the pool.
+                    if status != http::StatusCode::SWITCHING_PROTOCOLS && http_body::Body::is_end_stream(res.body()) {
                         loan.give_back();
                         return Ok((res, None, idx));
                     }
@@ -510,6 +511,15 @@ impl Upstream {
                         kind: Failure::Client,
                     });
                 };
+                if tx.is_h2() && req.headers().contains_key(http::header::UPGRADE) {
+                    return Err(Failed {
+                        error: GatewayError::UpstreamProtocol {
+                            upstream: self.name.clone(),
+                            why: "WebSocket needs an HTTP/1.1 upstream",
+                        },
+                        kind: Failure::Client,
+                    });
+                }
                 if tx.is_h2() {
                     self.as_h2(&mut req, &member.authority);
                 } else if req.version() != Version::HTTP_11 {

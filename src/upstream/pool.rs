@@ -167,7 +167,8 @@ impl Pool {
         }
         let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(ConnectError::Handshake)?;
         tokio::spawn(async move {
-            let _ = conn.await;
+            // With upgrades: a `101` hands the connection over to a WebSocket relay.
+            let _ = conn.with_upgrades().await;
         });
         Ok(Sender::H1(tx))
     }

@@ -1,0 +1,105 @@
+//! Upgraded connections (WebSocket): once the upstream has answered `101 Switching
+//! Protocols`, bytes flow both ways between the client and the upstream until either side
+//! closes, nothing moves either way for the idle timeout, or the gateway shuts down.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::upstream::Loan;
+
+/// Whether `h` asks to upgrade to WebSocket (`Upgrade: websocket` and `Connection: upgrade`,
+/// case-insensitive tokens).
+pub(crate) fn wants_websocket(h: &http::HeaderMap) -> bool {
+    let has = |name: http::header::HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+    };
+    has(http::header::UPGRADE, "websocket") && has(http::header::CONNECTION, "upgrade")
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes, base64).
+pub(crate) fn new_key() -> http::HeaderValue {
+    use base64::Engine as _;
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let key = base64::engine::general_purpose::STANDARD.encode(b);
+    http::HeaderValue::from_str(&key).unwrap_or_else(|_| http::HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+/// Relay between the two upgraded connections until one closes, `idle` passes without a
+/// byte either way, or `stop`. The loan (the upstream connection's breaker slot and
+/// in-flight count) is held to the end.
+pub(crate) async fn relay(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    stop: CancellationToken,
+    loan: Option<Loan>,
+) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        _ => return,
+    };
+    let last = Arc::new(AtomicU64::new(crate::clock::mono_ns()));
+    let mut a = Active { inner: TokioIo::new(client), last: last.clone() };
+    let mut b = Active { inner: TokioIo::new(upstream), last: last.clone() };
+    let idle_ns = idle.as_nanos() as u64;
+    let watch = async {
+        loop {
+            let quiet = crate::clock::mono_ns().saturating_sub(last.load(Ordering::Relaxed));
+            if quiet >= idle_ns {
+                return;
+            }
+            tokio::time::sleep(Duration::from_nanos(idle_ns - quiet)).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "Upgraded connection ended");
+            }
+        }
+        () = watch => tracing::debug!("Upgraded connection idle; closing"),
+        () = stop.cancelled() => {}
+    }
+    drop(loan);
+}
+
+/// An I/O wrapper that stamps the time of every byte read.
+struct Active<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Active<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last.store(crate::clock::mono_ns(), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

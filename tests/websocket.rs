@@ -1,0 +1,140 @@
+//! WebSocket through the gateway: HTTP/1.1 Upgrade and RFC 8441 (extended CONNECT over
+//! HTTP/2) to a real WebSocket server, both directions streaming, and the idle timeout.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// A WebSocket echo server on 127.0.0.1 (tungstenite): every text or binary message comes
+/// back as it was sent.
+async fn echo_server() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn config(up: SocketAddr, idle: &str) -> String {
+    format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nupstreams:\n  - name: ws\n    targets: [{{ url: \"http://{up}\" }}]\n    timeouts: {{ idle: {idle} }}\nroutes:\n  - {{ name: keyed, match: {{ prefix: /keyed }}, upstream: ws, auth: [api_key] }}\n  - {{ name: ws, match: {{ prefix: /ws, methods: [GET] }}, upstream: ws, public: true }}\n"
+    )
+}
+
+/// Send `total` messages in windows of `window`, each echo checked in order.
+async fn round_trips<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, total: usize, window: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let msg = |i: usize| {
+        if i.is_multiple_of(2) {
+            Message::text(format!("message {i}"))
+        } else {
+            Message::binary(vec![(i % 251) as u8; 1 + i % 300])
+        }
+    };
+    let mut sent = 0;
+    while sent < total {
+        let n = window.min(total - sent);
+        for i in sent..sent + n {
+            ws.feed(msg(i)).await.expect("send");
+        }
+        ws.flush().await.expect("flush");
+        for i in sent..sent + n {
+            let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("echo in time")
+                .expect("open")
+                .expect("message");
+            assert_eq!(got, msg(i), "message {i}");
+        }
+        sent += n;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_round_trip_over_an_http1_upgrade() {
+    let up = echo_server().await;
+    let gw = TestGateway::start(&config(up, "30s")).await;
+    let (mut ws, res) = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", gw.addr())).await.expect("upgrade");
+    assert_eq!(res.status(), 101);
+    assert!(res.headers().contains_key("x-request-id"));
+    round_trips(&mut ws, 10_000, 100).await;
+    assert_eq!(gw.upstream_status("ws")["in_flight"], 1, "the tunnel holds its upstream connection");
+    ws.close(None).await.expect("close");
+    drop(ws);
+
+    // Routes still rule: a keyed route refuses an upgrade without a key.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/keyed", gw.addr())).await.expect_err("no key");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 401),
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+    // The upstream connection is released when the tunnel ends.
+    let mut released = false;
+    for _ in 0..100 {
+        if gw.upstream_status("ws")["in_flight"] == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(released, "in_flight back to 0 after the close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect() {
+    let up = echo_server().await;
+    let gw = TestGateway::start(&config(up, "30s")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2");
+    tokio::spawn(conn);
+    // A first request, so the gateway's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
+    let warm = http::Request::get(format!("http://{}/ws", gw.addr())).body(full("")).expect("req");
+    let _ = tx.send_request(warm).await.expect("warm-up");
+    let mut req = http::Request::connect(format!("http://{}/ws/h2", gw.addr()))
+        .header("sec-websocket-version", "13")
+        .body(full(""))
+        .expect("req");
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let res = tx.send_request(req).await.expect("extended CONNECT");
+    assert_eq!(res.status(), 200, "RFC 8441: 200 opens the stream");
+    assert!(!res.headers().contains_key("sec-websocket-accept"));
+    let upgraded = hyper::upgrade::on(res).await.expect("upgraded stream");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    round_trips(&mut ws, 2_000, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_is_closed_and_a_busy_one_is_not() {
+    let up = echo_server().await;
+    let gw = TestGateway::start(&config(up, "1s")).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr())).await.expect("upgrade");
+    // Busy for three idle periods: a message every 100 ms keeps it open.
+    for _ in 0..30 {
+        round_trips(&mut ws, 1, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then quiet: the gateway closes it.
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("closed within the idle timeout");
+    assert!(matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))), "{end:?}");
+}
