@@ -385,6 +385,17 @@ async fn upstreams_over_tls_are_verified_and_get_the_gateways_certificate() {
         assert_eq!(h["x-version"], version, "{route}");
         assert_eq!(h["x-client-cert"], want_cert.as_str(), "{route}");
         assert_eq!(h["x-sni"], "backend.test", "{route}");
+        // The client's host goes on: as `Host` over HTTP/1.1, as `:authority` alone over
+        // HTTP/2 (NGINX refuses both as a duplicate host).
+        let host = gw.addr().to_string();
+        if version == "HTTP/2.0" {
+            assert_eq!(
+                (h["x-host"].to_str().ok(), h["x-authority"].to_str().ok()),
+                (Some("absent"), Some(host.as_str()))
+            );
+        } else {
+            assert_eq!(h["x-host"], host.as_str(), "{route}");
+        }
     }
     let served = hits.load(std::sync::atomic::Ordering::SeqCst);
 

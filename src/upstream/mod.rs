@@ -588,8 +588,9 @@ impl Upstream {
     }
 
     /// Make `req` (origin-form, `Host` set) an HTTP/2 request: the absolute URI gives
-    /// `:scheme` and `:authority` (the `Host` the client asked for, which stays as well, as
-    /// RFC 9113 §8.3.1 allows an intermediary), and HTTP/1.1 framing headers go.
+    /// `:scheme` and `:authority` (the `Host` the client asked for, which then goes: some
+    /// servers, NGINX among them, refuse both as a duplicate host), and HTTP/1.1 framing
+    /// headers go.
     fn as_h2(&self, req: &mut Request<ProxyBody>, target: &Authority) {
         let authority = req
             .headers()
@@ -604,6 +605,7 @@ impl Upstream {
             *req.uri_mut() = uri;
         }
         req.headers_mut().remove(http::header::TRANSFER_ENCODING);
+        req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = Version::HTTP_2;
     }
 
@@ -649,8 +651,14 @@ impl Upstream {
     }
 }
 
-/// Back to HTTP/1.1 (a request first fitted for an HTTP/2 connection that did not take it).
+/// Back to HTTP/1.1 (a request first fitted for an HTTP/2 connection that did not take it):
+/// `Host` from the authority again, origin-form.
 fn as_h1(req: &mut Request<ProxyBody>) {
+    if let Some(a) = req.uri().authority()
+        && let Ok(h) = http::HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().entry(http::header::HOST).or_insert(h);
+    }
     if let Some(pq) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(pq);
     }

@@ -208,7 +208,8 @@ pub async fn exchange(s: Stream, req: Request<TestBody>) -> Result<TlsAnswer, St
 
 /// An HTTPS upstream on 127.0.0.1 presenting `leaf`; with `client_ca`, it requires client
 /// certificates from that CA. It answers every request 200 with `x-version` (the HTTP
-/// version it was spoken to in), `x-client-cert` (SHA-256 of the client's certificate, hex,
+/// version it was spoken to in), `x-host` and `x-authority` (the `Host` header and the URI's
+/// authority it got, or `absent`), `x-client-cert` (SHA-256 of the client's certificate, hex,
 /// or `none`) and `x-sni`; hits are counted.
 pub async fn tls_upstream(leaf: &Leaf, client_ca: Option<&Ca>) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -248,7 +249,11 @@ pub async fn tls_upstream(leaf: &Leaf, client_ca: Option<&Ca>) -> (SocketAddr, A
                 let sni = session.server_name().unwrap_or("none").to_string();
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("absent").to_string();
+                    let authority = req.uri().authority().map_or_else(|| "absent".to_string(), |a| a.to_string());
                     let res = http::Response::builder()
+                        .header("x-host", host)
+                        .header("x-authority", authority)
                         .header("x-version", format!("{:?}", req.version()))
                         .header("x-client-cert", cert.clone())
                         .header("x-sni", sni.clone())
