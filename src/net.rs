@@ -78,6 +78,15 @@ impl Connector {
         Ok((Stream::Tls(Box::new(s)), h2))
     }
 
+    /// Whether connections may speak HTTP/2 (`protocol: h2`, or `auto` over TLS).
+    pub fn may_be_h2(&self) -> bool {
+        match self.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::H2 => true,
+            UpstreamProtocol::Auto => self.tls.is_some(),
+        }
+    }
+
     /// Whether targets are reached over TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

@@ -134,7 +134,8 @@ async fn client_certificates_are_required_verified_and_passed_on() {
         path(&ca_file)
     );
     let routes = "  - { name: orders, match: { prefix: /orders }, upstream: up, auth: [mtls], allow: { consumers: [app1] } }\n  - { name: open, match: { prefix: / }, upstream: up, public: true }\n";
-    let gw = TestGateway::start(&tls_config(up.addr, &tls, routes, "")).await;
+    let admin = "admin: { bind: \"127.0.0.1:0\", public_metrics: true }\n";
+    let gw = TestGateway::start(&tls_config(up.addr, &tls, routes, admin)).await;
     let addr = gw.addr();
     let base = TlsClient::new(&server_ca);
 
@@ -180,6 +181,10 @@ async fn client_certificates_are_required_verified_and_passed_on() {
     let r = base.clone().with_cert(&app2).get(addr, "api.test", "/open").await.expect("exchange");
     assert_eq!(r.status, 200);
     assert!(up.last().headers["x-consumer-cert-subject"].to_str().expect("ascii").contains("CN=app2"));
+
+    // Counted under their own method.
+    let (_, _, m) = get(&format!("http://{}/metrics", gw.gw.admin_addr().expect("admin"))).await;
+    assert_eq!(metric_sum(&m, "portcullis_auth_total", &[("method", "mtls"), ("outcome", "success")]), 3.0, "{m}");
 }
 
 #[tokio::test]

@@ -34,8 +34,12 @@ async fn echo_server() -> SocketAddr {
 }
 
 fn config(up: SocketAddr, idle: &str) -> String {
+    config_with(up, idle, "")
+}
+
+fn config_with(up: SocketAddr, idle: &str, limits: &str) -> String {
     format!(
-        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nupstreams:\n  - name: ws\n    targets: [{{ url: \"http://{up}\" }}]\n    timeouts: {{ idle: {idle} }}\nroutes:\n  - {{ name: keyed, match: {{ prefix: /keyed }}, upstream: ws, auth: [api_key] }}\n  - {{ name: ws, match: {{ prefix: /ws, methods: [GET] }}, upstream: ws, public: true }}\n"
+        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\n    limits: {{ {limits} }}\nupstreams:\n  - name: ws\n    targets: [{{ url: \"http://{up}\" }}]\n    timeouts: {{ idle: {idle} }}\nroutes:\n  - {{ name: keyed, match: {{ prefix: /keyed }}, upstream: ws, auth: [api_key] }}\n  - {{ name: ws, match: {{ prefix: /ws, methods: [GET] }}, upstream: ws, public: true }}\n"
     )
 }
 
@@ -137,4 +141,58 @@ async fn an_idle_websocket_is_closed_and_a_busy_one_is_not() {
     // Then quiet: the gateway closes it.
     let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("closed within the idle timeout");
     assert!(matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))), "{end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_under_the_listeners_connection_limits() {
+    let up = echo_server().await;
+    let gw = TestGateway::start(&config_with(up, "30s", "max_connections_per_ip: 1")).await;
+    let url = format!("ws://{}/ws", gw.addr());
+    let (mut first, _) = tokio_tungstenite::connect_async(&url).await.expect("first tunnel");
+    round_trips(&mut first, 10, 5).await;
+    // The HTTP connection became a tunnel; it still holds this client's one connection.
+    let second = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(&url)).await;
+    assert!(matches!(second, Ok(Err(_))), "a second tunnel from the same address is refused");
+    round_trips(&mut first, 10, 5).await;
+    first.close(None).await.expect("close");
+    drop(first);
+    // Once the tunnel has ended, the address may connect again.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&url).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ws = again.expect("a new tunnel after the first ended");
+    round_trips(&mut ws, 10, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_stream_keeps_its_connection_busy() {
+    let up = echo_server().await;
+    // The listener closes idle HTTP/2 connections after 1 s; a tunnel in use is not idle.
+    let gw = TestGateway::start(&config_with(up, "30s", "idle_timeout: 1s")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2");
+    tokio::spawn(conn);
+    let warm = http::Request::get(format!("http://{}/ws", gw.addr())).body(full("")).expect("req");
+    let _ = tx.send_request(warm).await.expect("warm-up");
+    let mut req = http::Request::connect(format!("http://{}/ws", gw.addr()))
+        .header("sec-websocket-version", "13")
+        .body(full(""))
+        .expect("req");
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let res = tx.send_request(req).await.expect("extended CONNECT");
+    assert_eq!(res.status(), 200);
+    let upgraded = hyper::upgrade::on(res).await.expect("upgraded stream");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    // Three idle periods of traffic, then still open.
+    for _ in 0..30 {
+        round_trips(&mut ws, 1, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    round_trips(&mut ws, 5, 5).await;
 }

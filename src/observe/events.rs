@@ -27,7 +27,7 @@ pub enum AuthOutcome {
 }
 
 const OUTCOMES: [&str; 4] = ["success", "missing", "invalid", "unavailable"];
-const METHODS: [&str; 3] = ["api_key", "jwt", "none"];
+const METHODS: [&str; 4] = ["api_key", "jwt", "mtls", "none"];
 
 /// One security event.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +166,12 @@ impl Events {
     pub fn publish(&self, e: &SecurityEvent<'_>) {
         match *e {
             SecurityEvent::Auth { method, outcome, client, route, consumer, reason } => {
-                let m = method.map_or(2, |m| m as usize);
+                let m = match method {
+                    Some(AuthMethod::ApiKey) => 0,
+                    Some(AuthMethod::Jwt) => 1,
+                    Some(AuthMethod::Mtls) => 2,
+                    None => 3,
+                };
                 self.auth[m][outcome as usize].fetch_add(1, Ordering::Relaxed);
                 if outcome != AuthOutcome::Success && self.may_log() {
                     let method = METHODS[m];
@@ -244,9 +249,11 @@ impl Events {
             "Authentication outcomes on routes with auth, by method (none: no credential presented).",
             "counter",
             METHODS.iter().enumerate().flat_map(|(m, method)| {
-                OUTCOMES.iter().enumerate().filter(move |(o, _)| m < 2 || *o == 1).map(move |(o, outcome)| {
-                    (format!("method=\"{method}\",outcome=\"{outcome}\""), self.auth[m][o].load(Ordering::Relaxed))
-                })
+                OUTCOMES.iter().enumerate().filter(move |(o, _)| *method != "none" || *o == 1).map(
+                    move |(o, outcome)| {
+                        (format!("method=\"{method}\",outcome=\"{outcome}\""), self.auth[m][o].load(Ordering::Relaxed))
+                    },
+                )
             }),
         );
         family(

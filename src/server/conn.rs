@@ -67,6 +67,9 @@ struct Conn {
     /// The verified client certificate, on TLS listeners that ask for one.
     cert: Option<Arc<PeerCert>>,
     tls: bool,
+    /// The connection's place under `max_connections` and `max_connections_per_ip`; shared
+    /// with a WebSocket relay, which outlives the HTTP connection.
+    permit: Arc<ConnPermit>,
 }
 
 impl Conn {
@@ -81,6 +84,7 @@ impl Conn {
             http1,
             cert: self.cert.clone(),
             tls: self.tls,
+            permit: self.permit.clone(),
         })
     }
 }
@@ -94,11 +98,12 @@ pub(crate) async fn serve(
     limits: ListenerLimits,
     tls: Option<Arc<ServerTls>>,
     cancel: CancellationToken,
-    _permit: ConnPermit,
+    permit: ConnPermit,
 ) {
     let accepted = Instant::now();
     let deadline = accepted + limits.header_timeout;
-    let mut conn = Conn { gw, peer, limits, accepted, cancel, cert: None, tls: tls.is_some() };
+    let permit = Arc::new(permit);
+    let mut conn = Conn { gw, peer, limits, accepted, cancel, cert: None, tls: tls.is_some(), permit };
     let Some(tls) = tls else {
         let sniffed = tokio::select! {
             r = sniff(&mut stream, deadline) => r,

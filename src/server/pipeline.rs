@@ -52,6 +52,8 @@ pub(crate) struct ConnCtx {
     pub(crate) cert: Option<Arc<crate::tls::PeerCert>>,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
     pub(crate) tls: bool,
+    /// The connection's place under the listener's connection limits.
+    pub(crate) permit: Arc<crate::protect::ConnPermit>,
 }
 
 /// hyper's entry point for one request.
@@ -666,6 +668,13 @@ async fn proxy(
     }
     let (mut res, loan, target) = forwarded?;
     outcome.target = Some(target);
+    if h2_websocket && res.status().is_success() {
+        // A 2xx would tell an RFC 8441 client its tunnel is open: only a switch may.
+        return Err(GatewayError::UpstreamProtocol {
+            upstream: upstream.name().to_string(),
+            why: "answered a WebSocket upgrade without switching protocols",
+        });
+    }
     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = on_upgrade else {
             return Err(GatewayError::UpstreamProtocol {
@@ -688,8 +697,15 @@ async fn proxy(
                 s.set_upgraded();
             }
         }
+        let hold = super::tunnel::Hold {
+            _loan: loan,
+            _permit: ctx.permit.clone(),
+            // An HTTP/2 stream carrying a WebSocket counts as open while it lasts, so the
+            // connection is not closed as idle under it.
+            _stream: if h2_websocket { ctx.state.as_ref().map(Done::start) } else { None },
+        };
         let stop = ctx.gw.shared.shutdown.clone();
-        ctx.gw.tracker.spawn(super::tunnel::relay(client_side, upstream_side, upstream.idle_timeout(), stop, loan));
+        ctx.gw.tracker.spawn(super::tunnel::relay(client_side, upstream_side, upstream.idle_timeout(), stop, hold));
         return Ok(Response::from_parts(rp, GwBody::full(bytes::Bytes::new())));
     }
 

@@ -14,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
+use crate::body::Done;
+use crate::protect::ConnPermit;
 use crate::upstream::Loan;
 
 /// Whether `h` asks to upgrade to WebSocket (`Upgrade: websocket` and `Connection: upgrade`,
@@ -36,16 +38,18 @@ pub(crate) fn new_key() -> http::HeaderValue {
     http::HeaderValue::from_str(&key).unwrap_or_else(|_| http::HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
+/// What a relay holds while it lasts: the upstream connection's breaker slot and in-flight
+/// count, the client connection's place under the listener's connection limits, and for
+/// an HTTP/2 stream, its count as an open stream.
+pub(crate) struct Hold {
+    pub(crate) _loan: Option<Loan>,
+    pub(crate) _permit: Arc<ConnPermit>,
+    pub(crate) _stream: Option<Done>,
+}
+
 /// Relay between the two upgraded connections until one closes, `idle` passes without a
-/// byte either way, or `stop`. The loan (the upstream connection's breaker slot and
-/// in-flight count) is held to the end.
-pub(crate) async fn relay(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    idle: Duration,
-    stop: CancellationToken,
-    loan: Option<Loan>,
-) {
+/// byte either way, or `stop`; what `hold` holds is released at the end.
+pub(crate) async fn relay(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, stop: CancellationToken, hold: Hold) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         _ => return,
@@ -72,7 +76,7 @@ pub(crate) async fn relay(
         () = watch => tracing::debug!("Upgraded connection idle; closing"),
         () = stop.cancelled() => {}
     }
-    drop(loan);
+    drop(hold);
 }
 
 /// An I/O wrapper that stamps the time of every byte read.

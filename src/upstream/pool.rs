@@ -80,6 +80,8 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, Instant)>>,
     /// The shared HTTP/2 connection, if one is open.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// The connector may open HTTP/2 connections (else `h2` is never looked at).
+    may_be_h2: bool,
 }
 
 impl Pool {
@@ -111,12 +113,15 @@ pub enum ConnectError {
 
 impl Pool {
     pub(crate) fn new(authority: Authority, connect_timeout: Duration, connector: Arc<Connector>) -> Self {
-        Pool { authority, connect_timeout, connector, idle: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+        let may_be_h2 = connector.may_be_h2();
+        Pool { authority, connect_timeout, connector, idle: Mutex::new(Vec::new()), h2: Mutex::new(None), may_be_h2 }
     }
 
     /// A connection ready for one request; the flag says whether it was reused.
     pub(crate) async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
-        if let Some(tx) = self.h2.lock().as_ref().filter(|s| !s.is_closed()) {
+        if self.may_be_h2
+            && let Some(tx) = self.h2.lock().as_ref().filter(|s| !s.is_closed())
+        {
             return Ok((Sender::H2(tx.clone()), true));
         }
         loop {
