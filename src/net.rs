@@ -78,6 +78,11 @@ impl Connector {
         Ok((Stream::Tls(Box::new(s)), h2))
     }
 
+    /// Whether every connection speaks HTTP/2 (`protocol: h2`).
+    pub fn always_h2(&self) -> bool {
+        self.protocol == UpstreamProtocol::H2
+    }
+
     /// Whether connections may speak HTTP/2 (`protocol: h2`, or `auto` over TLS).
     pub fn may_be_h2(&self) -> bool {
         match self.protocol {
@@ -85,6 +90,11 @@ impl Connector {
             UpstreamProtocol::H2 => true,
             UpstreamProtocol::Auto => self.tls.is_some(),
         }
+    }
+
+    /// Tells TLS settings read from different file contents apart (zero without TLS).
+    pub fn tls_files(&self) -> [u8; 32] {
+        self.tls.as_ref().map_or([0; 32], ClientTls::files)
     }
 
     /// Whether targets are reached over TLS.

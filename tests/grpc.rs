@@ -112,13 +112,17 @@ impl tonic::server::StreamingService<Bytes> for Echo {
     }
 }
 
-/// A tonic gRPC server over HTTP/2 (prior knowledge) on 127.0.0.1.
-async fn grpc_upstream() -> SocketAddr {
+/// A tonic gRPC server over HTTP/2 (prior knowledge) on 127.0.0.1, and a count of the
+/// connections it accepted.
+async fn grpc_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { continue };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                     let res = match req.uri().path() {
@@ -132,7 +136,7 @@ async fn grpc_upstream() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, conns)
 }
 
 fn gateway_config(upstream: SocketAddr, extra_routes: &str) -> String {
@@ -158,9 +162,22 @@ async fn unary(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_and_bidirectional_streaming_pass_with_trailers() {
-    let up = grpc_upstream().await;
+    let (up, upstream_conns) = grpc_upstream().await;
     let gw = TestGateway::start(&gateway_config(up, "")).await;
     let mut c = client(gw.addr()).await;
+
+    // 50 calls at once on a fresh gateway share one upstream connection.
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            unary(&mut c, "/test.Echo/Reverse", Request::new(Bytes::from(format!("{i}")))).await.map(|_| ())
+        }));
+    }
+    for call in calls {
+        call.await.expect("join").expect("first calls");
+    }
+    assert_eq!(upstream_conns.load(std::sync::atomic::Ordering::SeqCst), 1, "one HTTP/2 connection upstream");
 
     // Unary: message, response header, and the OK status from the trailers.
     let res =
@@ -230,7 +247,7 @@ async fn unary_and_bidirectional_streaming_pass_with_trailers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_are_grpc_statuses() {
-    let up = grpc_upstream().await;
+    let (up, _) = grpc_upstream().await;
     let routes = "  - { name: keyed, match: { prefix: /test.Keyed }, upstream: grpc, auth: [api_key] }\n";
     let gw = TestGateway::start(&gateway_config(up, routes)).await;
     let mut c = client(gw.addr()).await;

@@ -222,9 +222,8 @@ async fn reloading_the_file_it_started_from_is_no_new_version() {
     let text = simple_config(&[a.addr], "", "");
     std::fs::write(&path, &text).expect("write");
     let cfg = portcullis::config::parse("gw.yaml", &text).expect("config");
-    let gw = portcullis::server::Gateway::start_from(cfg, Some(path.clone()), portcullis::server::source_hash(&text))
-        .await
-        .expect("start");
+    let hash = portcullis::server::source_hash(&text, &cfg);
+    let gw = portcullis::server::Gateway::start_from(cfg, Some(path.clone()), hash).await.expect("start");
     assert_eq!(gw.reload().await.expect("reload"), Reloaded::Unchanged(1));
     std::fs::write(&path, text.replace("shutdown_grace: 5s", "shutdown_grace: 6s")).expect("write");
     assert_eq!(gw.reload().await.expect("reload"), Reloaded::Applied(2));

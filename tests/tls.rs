@@ -426,3 +426,35 @@ async fn upstreams_over_tls_are_verified_and_get_the_gateways_certificate() {
         assert_eq!(state(n), "unhealthy", "{n}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_takes_up_replaced_upstream_certificates() {
+    let dir = scratch_dir();
+    let backend_ca = Ca::new("Backend CA");
+    let gateway_ca = Ca::new("Gateway clients CA");
+    let (up, _) = pki::tls_upstream(&backend_ca.server(&["127.0.0.1"]), Some(&gateway_ca)).await;
+    let ca_file = backend_ca.write(&dir, "backend-ca");
+    let first = gateway_ca.client("gw-2026", None);
+    let (gc, gk) = first.write(&dir, "gw");
+    let yaml = format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nupstreams:\n  - name: up\n    targets: [{{ url: \"https://{up}\" }}]\n    tls: {{ ca: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: up, public: true }}\n",
+        path(&ca_file),
+        path(&gc),
+        path(&gk)
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Verified against an IP address SAN, with the first client certificate.
+    let (status, h, _) = get(&gw.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["x-client-cert"], pki::sha256_hex(&first.der).as_str());
+    assert_eq!(h["x-sni"], "none", "no SNI for an IP address");
+
+    // New files at the same paths; the config text is unchanged, yet a reload applies.
+    let second = gateway_ca.client("gw-2027", None);
+    second.write(&dir, "gw");
+    assert!(matches!(gw.gw.reload().await.expect("reload"), portcullis::server::Reloaded::Applied(2)));
+    let (status, h, _) = get(&gw.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["x-client-cert"], pki::sha256_hex(&second.der).as_str(), "new connections use the new certificate");
+    assert!(matches!(gw.gw.reload().await.expect("reload"), portcullis::server::Reloaded::Unchanged(2)));
+}

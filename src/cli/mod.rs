@@ -161,8 +161,12 @@ fn validate(path: &Path) -> ExitCode {
 
 /// Read and validate a config file, printing every error; with the text's fingerprint.
 pub(crate) fn load_or_report(path: &Path) -> Option<(Config, u64)> {
-    let loaded = config::read(path)
-        .and_then(|text| config::parse(&path.display().to_string(), &text).map(|c| (c, source_hash(&text))));
+    let loaded = config::read(path).and_then(|text| {
+        config::parse(&path.display().to_string(), &text).map(|c| {
+            let h = source_hash(&text, &c);
+            (c, h)
+        })
+    });
     match loaded {
         Ok(c) => Some(c),
         Err(errs) => {

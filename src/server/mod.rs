@@ -607,9 +607,28 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
-/// Fingerprint of config text, to tell an unchanged file from a changed one on reload.
-pub fn source_hash(s: &str) -> u64 {
-    hash_text(s)
+/// Fingerprint of config text and of the upstream TLS files its config names, to tell an
+/// unchanged file from a changed one on reload.
+pub fn source_hash(s: &str, config: &Config) -> u64 {
+    hash_text(s) ^ upstream_tls_files_hash(config)
+}
+
+/// A hash of the contents of every file upstreams' `tls` settings name (0 for none).
+fn upstream_tls_files_hash(config: &Config) -> u64 {
+    let mut files = config
+        .upstreams
+        .iter()
+        .filter_map(|u| u.tls.as_ref())
+        .flat_map(|t| t.ca.iter().chain(t.client_cert.iter().flat_map(|(c, k)| [c, k])))
+        .peekable();
+    if files.peek().is_none() {
+        return 0;
+    }
+    let mut h = DefaultHasher::new();
+    for p in files {
+        std::fs::read(p).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 fn hash_text(s: &str) -> u64 {
@@ -757,11 +776,14 @@ impl Gateway {
         let result: Result<Reloaded, GatewayStartError> = async {
             // One read: what is hashed is what is parsed.
             let text = config::read(&path)?;
-            let h = hash_text(&text);
+            let config = config::parse(&path.display().to_string(), &text)?;
+            // Upstreams' TLS files are read when a config is applied: a reload after they
+            // were replaced applies again, even if the config text is the same. (Listeners'
+            // files are watched on their own.)
+            let h = source_hash(&text, &config);
             if h == *last_hash {
                 return Ok(Reloaded::Unchanged(self.inner.snapshot.load().version));
             }
-            let config = config::parse(&path.display().to_string(), &text)?;
             let v = self.apply_locked(config).await?;
             *last_hash = h;
             Ok(Reloaded::Applied(v))

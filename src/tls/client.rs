@@ -18,6 +18,8 @@ use crate::config::{UpstreamProtocol, UpstreamTls};
 pub struct ClientTls {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
+    /// SHA-256 over the files read (CA bundle, client certificate and key).
+    files: [u8; 32],
 }
 
 impl ClientTls {
@@ -54,7 +56,13 @@ impl ClientTls {
             Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| format!("invalid server_name `{n}`"))?),
             None => None,
         };
-        Ok(ClientTls { config: Arc::new(config), server_name })
+        Ok(ClientTls { config: Arc::new(config), server_name, files: files_digest(cfg) })
+    }
+
+    /// A digest of the files the settings were read from: a reload that finds them changed
+    /// builds new connections with them, even when the paths are the same.
+    pub fn files(&self) -> [u8; 32] {
+        self.files
     }
 
     /// Handshake over `tcp` with the target at `authority`; the stream and whether ALPN
@@ -77,4 +85,17 @@ impl ClientTls {
         let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok((s, h2))
     }
+}
+
+fn files_digest(cfg: &UpstreamTls) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let paths = cfg.ca.iter().chain(cfg.client_cert.iter().flat_map(|(c, k)| [c, k]));
+    for p in paths {
+        // Unreadable files failed `new` already; what is read here only tells versions apart.
+        ctx.update(&std::fs::read(p).unwrap_or_default());
+        ctx.update(&[0]);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }

@@ -59,12 +59,13 @@ struct Guards {
     budget: Arc<Budget>,
 }
 
-/// What makes two pools interchangeable: the target and how it is reached.
-type PoolKey = (Authority, Duration, UpstreamProtocol, Option<UpstreamTls>);
+/// What makes two pools interchangeable: the target and how it is reached (TLS settings
+/// and the contents of their files).
+type PoolKey = (Authority, Duration, UpstreamProtocol, Option<UpstreamTls>, [u8; 32]);
 
 impl PoolCache {
     fn get(&self, authority: &Authority, cfg: &UpstreamConfig, connector: &Arc<Connector>) -> Arc<Pool> {
-        let key = (authority.clone(), cfg.connect_timeout, cfg.protocol, cfg.tls.clone());
+        let key = (authority.clone(), cfg.connect_timeout, cfg.protocol, cfg.tls.clone(), connector.tls_files());
         self.pools
             .lock()
             .entry(key)

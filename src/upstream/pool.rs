@@ -82,6 +82,9 @@ pub(crate) struct Pool {
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
     /// The connector may open HTTP/2 connections (else `h2` is never looked at).
     may_be_h2: bool,
+    /// Held while an HTTP/2 connection is being opened (`protocol: h2`), so that requests
+    /// arriving meanwhile share it rather than each opening one.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
@@ -114,15 +117,35 @@ pub enum ConnectError {
 impl Pool {
     pub(crate) fn new(authority: Authority, connect_timeout: Duration, connector: Arc<Connector>) -> Self {
         let may_be_h2 = connector.may_be_h2();
-        Pool { authority, connect_timeout, connector, idle: Mutex::new(Vec::new()), h2: Mutex::new(None), may_be_h2 }
+        Pool {
+            authority,
+            connect_timeout,
+            connector,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            may_be_h2,
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn shared_h2(&self) -> Option<Sender> {
+        self.h2.lock().as_ref().filter(|s| !s.is_closed()).map(|s| Sender::H2(s.clone()))
     }
 
     /// A connection ready for one request; the flag says whether it was reused.
     pub(crate) async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
-        if self.may_be_h2
-            && let Some(tx) = self.h2.lock().as_ref().filter(|s| !s.is_closed())
-        {
-            return Ok((Sender::H2(tx.clone()), true));
+        if self.may_be_h2 {
+            if let Some(tx) = self.shared_h2() {
+                return Ok((tx, true));
+            }
+            if self.connector.always_h2() {
+                // One connection attempt at a time; who waited uses what it opened.
+                let _one = self.connecting.lock().await;
+                if let Some(tx) = self.shared_h2() {
+                    return Ok((tx, true));
+                }
+                return self.connect().await.map(|tx| (tx, false));
+            }
         }
         loop {
             let Some((tx, since)) = self.idle.lock().pop() else { break };
