@@ -141,7 +141,7 @@ async fn grpc_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Atomi
 
 fn gateway_config(upstream: SocketAddr, extra_routes: &str) -> String {
     format!(
-        "version: 1\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nupstreams:\n  - name: grpc\n    protocol: h2\n    targets: [{{ url: \"http://{upstream}\" }}]\n    timeouts: {{ connect: 1s, response: 5s }}\n  - name: dead\n    protocol: h2\n    targets: [{{ url: \"http://127.0.0.1:1\" }}]\n    timeouts: {{ connect: 1s }}\nroutes:\n{extra_routes}  - {{ name: dead, match: {{ prefix: /test.Dead }}, upstream: dead, public: true }}\n  - {{ name: grpc, match: {{ prefix: /test.Echo }}, upstream: grpc, public: true }}\n"
+        "version: 1\nadmin: {{ bind: \"127.0.0.1:0\", public_metrics: true }}\nlisteners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nupstreams:\n  - name: grpc\n    protocol: h2\n    targets: [{{ url: \"http://{upstream}\" }}]\n    timeouts: {{ connect: 1s, response: 5s }}\n  - name: dead\n    protocol: h2\n    targets: [{{ url: \"http://127.0.0.1:1\" }}]\n    timeouts: {{ connect: 1s }}\nroutes:\n{extra_routes}  - {{ name: dead, match: {{ prefix: /test.Dead }}, upstream: dead, public: true }}\n  - {{ name: grpc, match: {{ prefix: /test.Echo }}, upstream: grpc, public: true }}\n"
     )
 }
 
@@ -280,6 +280,24 @@ async fn gateway_errors_are_grpc_statuses() {
     assert_eq!(res.headers()["content-type"], "application/grpc");
     assert_eq!(res.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED in a trailers-only answer");
     assert_eq!(res.headers()["grpc-message"], "the upstream service did not answer in time");
+    // The caller's deadline is no fault of the target: five more do not eject it (passive
+    // health ejects after 5 failures in a row), and nothing is retried.
+    for _ in 0..5 {
+        let frame = [&[0u8, 0, 0, 0, 4][..], b"slow"].concat();
+        let req = http::Request::post(format!("http://{}/test.Echo/Reverse", gw.addr()))
+            .header("content-type", "application/grpc")
+            .header("grpc-timeout", "1n")
+            .header("x-sleep-ms", "3000")
+            .body(full(frame))
+            .expect("request");
+        let res = h2_client().request(req).await.expect("answer");
+        assert_eq!(res.headers()["grpc-status"], "4");
+    }
+    assert_eq!(gw.upstream_status("grpc")["targets"][0]["state"], "healthy");
+    // Metrics count what the refusals were, not the 200 they travel in.
+    let (_, _, m) = get(&format!("http://{}/metrics", gw.gw.admin_addr().expect("admin"))).await;
+    assert!(metric_sum(&m, "portcullis_requests_total", &[("route", ""), ("status", "4xx")]) >= 1.0, "{m}");
+    assert!(metric_sum(&m, "portcullis_requests_total", &[("route", "grpc"), ("status", "5xx")]) >= 6.0, "{m}");
     // Without a deadline the same call succeeds.
     let mut req = Request::new(Bytes::from_static(b"slow"));
     req.metadata_mut().insert("x-sleep-ms", MetadataValue::from_static("50"));

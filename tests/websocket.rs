@@ -196,3 +196,78 @@ async fn an_http2_websocket_stream_keeps_its_connection_busy() {
     }
     round_trips(&mut ws, 5, 5).await;
 }
+
+/// An upstream that answers every request with a `101` that is not a WebSocket handshake
+/// (no `Sec-WebSocket-Accept`), then echoes raw bytes: what a backend tricked into saying 101
+/// looks like.
+async fn fake_switch_server() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let relayed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = relayed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let Ok(n) = s.read(&mut buf).await else { return };
+                if n == 0 {
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    .await;
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    count.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+    (addr, relayed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_real_websocket_handshake_opens_a_tunnel() {
+    let (up, relayed) = fake_switch_server().await;
+    let gw = TestGateway::start(&config(up, "30s")).await;
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    // A 101 without the accept value for our key: 502, and nothing after it is relayed.
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\nGET /internal HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let (text, _) = raw_exchange(gw.addr(), upgrade.as_bytes(), Duration::from_secs(3)).await;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(!text.contains("101"), "{text}");
+    // A 101 to a request that asked for no upgrade: 502 too.
+    let (text, _) = raw_exchange(gw.addr(), b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(3)).await;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    // A handshake without a valid key, or with a body, is refused before any upstream.
+    let bad =
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\n\r\n";
+    let (text, _) = raw_exchange(gw.addr(), bad.as_bytes(), Duration::from_secs(3)).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    let body = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    let (text, _) = raw_exchange(gw.addr(), body.as_bytes(), Duration::from_secs(3)).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(relayed.load(std::sync::atomic::Ordering::SeqCst), 0, "no byte went through a tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_rule_closes_open_tunnels() {
+    let up = echo_server().await;
+    let yaml = config(up, "30s");
+    let gw = TestGateway::start(&yaml).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr())).await.expect("upgrade");
+    round_trips(&mut ws, 10, 5).await;
+    gw.rewrite(&format!("{yaml}protection:\n  ip_rules: {{ deny: [\"127.0.0.0/8\"] }}\n")).await.expect("reload");
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("closed after the deny");
+    assert!(matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))), "{end:?}");
+}

@@ -45,15 +45,27 @@ pub(crate) struct ConnState {
     linger: AtomicBool,
     /// The connection switched protocols (WebSocket): no more requests on it.
     upgraded: AtomicBool,
-    /// HTTP/2: requests the client cancelled before their answer, and the signal that
-    /// the connection should close for it.
-    cancelled: AtomicU64,
+    /// HTTP/2: requests the client cancelled before their answer in the current window,
+    /// and the signal that the connection should close for it.
+    cancels: parking_lot::Mutex<CancelWindow>,
     abusive: tokio::sync::Notify,
 }
 
-/// HTTP/2 requests cancelled before their answer that a connection may have before the
-/// ratio below is checked.
+/// Cancellations counted over a window of `CANCEL_WINDOW`.
+#[derive(Debug, Default)]
+struct CancelWindow {
+    /// When the window began (monotonic ns), and how many requests had started by then.
+    since_ns: u64,
+    started_before: u64,
+    count: u64,
+}
+
+/// HTTP/2 requests cancelled before their answer that a connection may have in one window
+/// before the ratio below is checked.
 const CANCEL_FLOOR: u64 = 200;
+/// The window cancellations are counted over: a long-lived connection's occasional
+/// cancellations (a browser navigating away, a caller's deadline) never add up to abuse.
+const CANCEL_WINDOW_NS: u64 = 10_000_000_000;
 
 impl ConnState {
     /// A request head was parsed and handed to the pipeline.
@@ -72,11 +84,21 @@ impl ConnState {
     /// An HTTP/2 request was cancelled by the client before its answer (the paced form of
     /// rapid reset, CVE-2023-44487, that h2's own limit on not-yet-accepted resets misses:
     /// each stream is accepted, and so sent upstream, before its reset). Once more than
-    /// `CANCEL_FLOOR` have been, and they are over half the requests on the connection,
-    /// [`ConnState::abusive`] fires.
+    /// `CANCEL_FLOOR` have been within a window of `CANCEL_WINDOW_NS`, and they are over half
+    /// the requests started on the connection in that window, [`ConnState::abusive`] fires.
     pub(crate) fn request_cancelled(&self) {
-        let n = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > CANCEL_FLOOR && n * 2 > self.started() {
+        let now = crate::clock::mono_ns();
+        let started = self.started();
+        let abusive = {
+            // Cold: taken once per cancelled request, never across an await.
+            let mut w = self.cancels.lock();
+            if w.count == 0 || now.saturating_sub(w.since_ns) > CANCEL_WINDOW_NS {
+                *w = CancelWindow { since_ns: now, started_before: started.saturating_sub(1), count: 0 };
+            }
+            w.count += 1;
+            w.count > CANCEL_FLOOR && w.count * 2 > started.saturating_sub(w.started_before)
+        };
+        if abusive {
             self.abusive.notify_one();
         }
     }

@@ -218,7 +218,11 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     };
     // HTTP/2: a request dropped before `proxy` returns was cancelled by its client.
     let mut cancel = Cancelled(if ctx.http1 { None } else { ctx.state.as_deref() });
-    let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // gRPC callers (over HTTP/2) get the gateway's refusals as gRPC statuses.
+    let grpc = !ctx.http1
+        && req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // The HTTP status a refusal stands for, when the answer carries another (gRPC's 200).
+    let mut refused = None;
     let traceparent = span.map(|(c, _)| (c.traceparent(), c.parent.is_some()));
     let mut res = match proxy(&ctx, &rec.snap, req, &request_id, traceparent, progress.as_ref(), &mut rec.outcome).await
     {
@@ -232,7 +236,12 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
             } else {
                 tracing::debug!(error = %e, request_id = ?request_id, client = %ctx.peer, config_version = version, status = status.as_u16(), "Request refused");
             }
-            if grpc { rescue_grpc(&e, &request_id) } else { rescue(&e, &request_id) }
+            if grpc {
+                refused = Some(status.as_u16());
+                rescue_grpc(&e, &request_id)
+            } else {
+                rescue(&e, &request_id)
+            }
         }
     };
     // Answered: not a cancellation.
@@ -252,7 +261,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     if let Some(d) = done {
         res.body_mut().track(d);
     }
-    let finish = rec.finish(res.status().as_u16());
+    // Metrics, the access log and ban rules see what the refusal was (a 404 is a 404).
+    let finish = rec.finish(refused.unwrap_or_else(|| res.status().as_u16()));
     res.body_mut().on_finish(finish);
     Ok(res)
 }
@@ -564,7 +574,12 @@ async fn proxy(
     drop(host);
 
     // gRPC's deadline: the upstream must answer within it (and is told it, as sent).
-    let deadline = parts.headers.get(&GRPC_TIMEOUT).and_then(|v| grpc_timeout(v.as_bytes()));
+    let deadline = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .filter(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .and(parts.headers.get(&GRPC_TIMEOUT))
+        .and_then(|v| grpc_timeout(v.as_bytes()));
     // `TE: trailers` is the one hop-by-hop value that goes on: gRPC servers need it.
     let te_trailers = parts
         .headers
@@ -576,14 +591,24 @@ async fn proxy(
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if websocket {
+    // The key the upstream must answer: the client's, or (HTTP/2 clients send none) ours.
+    let ws_key = if websocket {
+        if progress.is_some() {
+            return Err(GatewayError::BadRequest("a WebSocket handshake has no body"));
+        }
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if h2_websocket {
-            // HTTP/2 WebSocket clients send no key; the HTTP/1.1 upstream needs one.
             parts.headers.insert(header::SEC_WEBSOCKET_KEY, super::tunnel::new_key());
         }
-    }
+        let mut keys = parts.headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+        match (keys.next(), keys.next()) {
+            (Some(k), None) if super::tunnel::valid_key(k) => Some(k.clone()),
+            _ => return Err(GatewayError::BadRequest("a WebSocket upgrade needs one valid Sec-WebSocket-Key")),
+        }
+    } else {
+        None
+    };
     // identity: nobody may claim one by sending our headers; then authenticate and authorise
     snap.auth.strip_identity(&mut parts.headers);
     if let Some(cert) = &ctx.cert {
@@ -676,12 +701,21 @@ async fn proxy(
         });
     }
     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_side) = on_upgrade else {
+        let (Some(client_side), Some(key)) = (on_upgrade, ws_key) else {
             return Err(GatewayError::UpstreamProtocol {
                 upstream: upstream.name().to_string(),
                 why: "switched protocols unasked",
             });
         };
+        // Only a real WebSocket handshake opens a relay: a `101` without the accept value
+        // for our key (a backend tricked into saying 101) would give the client a raw line
+        // to a server still speaking HTTP, past every check made here.
+        if !super::tunnel::wants_websocket_response(res.headers(), &key) {
+            return Err(GatewayError::UpstreamProtocol {
+                upstream: upstream.name().to_string(),
+                why: "switched protocols without accepting the WebSocket handshake",
+            });
+        }
         let upstream_side = hyper::upgrade::on(&mut res);
         let (mut rp, _) = res.into_parts();
         strip_hop_by_hop(&mut rp.headers);
@@ -705,7 +739,16 @@ async fn proxy(
             _stream: if h2_websocket { ctx.state.as_ref().map(Done::start) } else { None },
         };
         let stop = ctx.gw.shared.shutdown.clone();
-        ctx.gw.tracker.spawn(super::tunnel::relay(client_side, upstream_side, upstream.idle_timeout(), stop, hold));
+        // Bans and IP rules made while the tunnel lasts close it too.
+        let gw = ctx.gw.clone();
+        let consumer = outcome.consumer.clone();
+        let allowed = move || {
+            let protection = &gw.shared.protection;
+            protection.refuse_ip(client, &gw.snapshot.load().config.protection).is_none()
+                && !consumer.as_deref().is_some_and(|c| protection.consumer_banned(c))
+        };
+        let relay = super::tunnel::relay(client_side, upstream_side, upstream.idle_timeout(), stop, hold, allowed);
+        ctx.gw.tracker.spawn(relay);
         return Ok(Response::from_parts(rp, GwBody::full(bytes::Bytes::new())));
     }
 

@@ -29,6 +29,27 @@ pub(crate) fn wants_websocket(h: &http::HeaderMap) -> bool {
     has(http::header::UPGRADE, "websocket") && has(http::header::CONNECTION, "upgrade")
 }
 
+/// Whether `v` is a `Sec-WebSocket-Key`: 16 bytes in base64 (RFC 6455 §4.1).
+pub(crate) fn valid_key(v: &http::HeaderValue) -> bool {
+    use base64::Engine as _;
+    v.len() == 24 && base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).is_ok_and(|b| b.len() == 16)
+}
+
+/// Whether a `101` completes the WebSocket handshake for `key`: `Upgrade: websocket` and
+/// `Sec-WebSocket-Accept` = base64(SHA-1(key + the RFC 6455 GUID)).
+pub(crate) fn wants_websocket_response(h: &http::HeaderMap, key: &http::HeaderValue) -> bool {
+    use base64::Engine as _;
+    let upgrade = h
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"))));
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let want = base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+    upgrade && h.get(http::header::SEC_WEBSOCKET_ACCEPT).is_some_and(|v| v.as_bytes() == want.as_bytes())
+}
+
 /// A fresh `Sec-WebSocket-Key` (16 random bytes, base64).
 pub(crate) fn new_key() -> http::HeaderValue {
     use base64::Engine as _;
@@ -47,9 +68,20 @@ pub(crate) struct Hold {
     pub(crate) _stream: Option<Done>,
 }
 
+/// How often a relay checks that its client is still allowed (bans, IP rules).
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Relay between the two upgraded connections until one closes, `idle` passes without a
-/// byte either way, or `stop`; what `hold` holds is released at the end.
-pub(crate) async fn relay(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, stop: CancellationToken, hold: Hold) {
+/// byte either way, `allowed` says no (checked every second), or `stop`; what `hold` holds
+/// is released at the end.
+pub(crate) async fn relay(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    stop: CancellationToken,
+    hold: Hold,
+    allowed: impl Fn() -> bool,
+) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         _ => return,
@@ -62,9 +94,14 @@ pub(crate) async fn relay(client: OnUpgrade, upstream: OnUpgrade, idle: Duration
         loop {
             let quiet = crate::clock::mono_ns().saturating_sub(last.load(Ordering::Relaxed));
             if quiet >= idle_ns {
+                tracing::debug!("Upgraded connection idle; closing");
                 return;
             }
-            tokio::time::sleep(Duration::from_nanos(idle_ns - quiet)).await;
+            if !allowed() {
+                tracing::info!("Upgraded connection's client is now refused (ban or IP rule); closing");
+                return;
+            }
+            tokio::time::sleep(Duration::from_nanos(idle_ns - quiet).min(RECHECK)).await;
         }
     };
     tokio::select! {
@@ -73,7 +110,7 @@ pub(crate) async fn relay(client: OnUpgrade, upstream: OnUpgrade, idle: Duration
                 tracing::debug!(error = %e, "Upgraded connection ended");
             }
         }
-        () = watch => tracing::debug!("Upgraded connection idle; closing"),
+        () = watch => {}
         () = stop.cancelled() => {}
     }
     drop(hold);

@@ -46,7 +46,7 @@ impl Leaf {
 /// per connection.
 #[derive(Debug)]
 pub struct PeerCert {
-    /// The subject, as an RFC 4514 string (`CN=app1,O=Example`).
+    /// The subject, as an RFC 4514 string (`CN=app1,O=Example`, escaped).
     pub subject: String,
     /// The subject's common name.
     pub common_name: Option<String>,
@@ -68,7 +68,7 @@ impl PeerCert {
     /// Read a verified client certificate (the leaf of the chain the client sent).
     pub fn parse(der: &[u8]) -> Option<PeerCert> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
-        let subject = cert.subject().to_string();
+        let subject = rfc4514(cert.subject());
         let common_name = cert.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).map(str::to_string);
         let (mut dns, mut uris, mut emails, mut ips) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -88,16 +88,18 @@ impl PeerCert {
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
         let fingerprint = crate::hex::encode(digest.as_ref());
+        // Entries are comma-separated, so a comma inside one (a URI may have it) is encoded:
+        // no SAN can pose as two.
         let sans: Vec<String> = dns
             .iter()
-            .map(|n| format!("DNS:{n}"))
-            .chain(uris.iter().map(|u| format!("URI:{u}")))
-            .chain(emails.iter().map(|e| format!("email:{e}")))
+            .map(|n| format!("DNS:{}", encode(n, b",")))
+            .chain(uris.iter().map(|u| format!("URI:{}", encode(u, b","))))
+            .chain(emails.iter().map(|e| format!("email:{}", encode(e, b","))))
             .chain(ips.iter().map(|i| format!("IP:{i}")))
             .collect();
         let headers = [
             header_value(&subject),
-            (!sans.is_empty()).then(|| header_value(&sans.join(","))).flatten(),
+            (!sans.is_empty()).then(|| HeaderValue::from_str(&sans.join(",")).ok()).flatten(),
             HeaderValue::from_str(&fingerprint).ok(),
         ];
         Some(PeerCert { subject, common_name, dns, uris, emails, ips, fingerprint, headers })
@@ -119,20 +121,97 @@ impl PeerCert {
 /// Text from a certificate as a header value: printable ASCII kept, `%` and anything else
 /// percent-encoded (a subject may hold any Unicode, or control characters).
 pub(crate) fn header_value(s: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&encode(s, b"")).ok()
+}
+
+/// `s` with `%`, bytes outside printable ASCII, and the bytes of `also` percent-encoded.
+fn encode(s: &str, also: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
+        if (0x20..0x7f).contains(&b) && b != b'%' && !also.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    HeaderValue::from_str(&out).ok()
+    out
+}
+
+/// A distinguished name as RFC 4514 writes it: the most specific part first
+/// (`CN=app1,O=Example`), `+` between the values of one RDN, and the characters that would
+/// change its structure escaped (`,` `+` `"` `\` `<` `>` `;`, a leading `#` or space, a
+/// trailing space), so a value cannot pose as more of the name. A value that is not a
+/// string is `#` and its hex.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<_> = name.iter_rdn().collect();
+    let mut out = String::new();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, atv) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            match x509_parser::objects::oid2abbrev(atv.attr_type(), registry) {
+                Ok(abbrev) => out.push_str(abbrev),
+                Err(_) => out.push_str(&atv.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match atv.as_str() {
+                Ok(v) => escape_value(v, &mut out),
+                Err(_) => {
+                    out.push('#');
+                    out.push_str(&crate::hex::encode(atv.as_slice()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn escape_value(v: &str, out: &mut String) {
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if c == '\0' {
+            out.push_str("\\00");
+        } else {
+            if special {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::header_value;
+
+    #[test]
+    fn names_and_sans_cannot_pose_as_more_than_they_are() {
+        let mut p = rcgen_params();
+        p.0.distinguished_name.push(rcgen::DnType::OrganizationName, "Corp");
+        p.0.distinguished_name.push(rcgen::DnType::CommonName, "bob, O=Admins");
+        p.0.subject_alt_names.push(rcgen::SanType::URI("https://a/x,URI:spiffe://prod/admin".try_into().expect("uri")));
+        let cert = p.0.self_signed(&p.1).expect("cert");
+        let peer = super::PeerCert::parse(cert.der()).expect("parse");
+        assert_eq!(peer.subject, "CN=bob\\, O=Admins,O=Corp");
+        assert_eq!(peer.common_name.as_deref(), Some("bob, O=Admins"));
+        let san = peer.headers[1].as_ref().expect("san header");
+        assert_eq!(san, "URI:https://a/x%2CURI:spiffe://prod/admin");
+        assert_eq!(peer.headers[0].as_ref().expect("subject header"), "CN=bob\\, O=Admins,O=Corp");
+    }
+
+    fn rcgen_params() -> (rcgen::CertificateParams, rcgen::KeyPair) {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        (p, rcgen::KeyPair::generate().expect("key"))
+    }
 
     #[test]
     fn header_values_are_printable_ascii() {

@@ -18,9 +18,10 @@ use crate::config::{ClientAuthMode, TlsConfig, TlsVersion};
 /// Sessions remembered for resumption by ID (TLS 1.2); TLS 1.3 uses tickets.
 const SESSION_CACHE: usize = 4096;
 
-/// What a file looked like when last read: modification time and length (a missing file
-/// is `None`). A change of either means read it again.
-type Stamp = Option<(SystemTime, u64)>;
+/// What a file looked like when last read: modification and change times, length and
+/// inode (a missing file is `None`). A change of any means read it again (`cp -p` keeps the
+/// modification time, not the change time; a rename brings another inode).
+type Stamp = Option<(SystemTime, i64, u64, u64)>;
 
 /// One listener's TLS settings, live.
 #[derive(Debug)]
@@ -83,7 +84,14 @@ impl ServerTls {
 
 fn stamps(cfg: &TlsConfig) -> Vec<Stamp> {
     let files = cfg.certificates.iter().flat_map(|c| [&c.cert, &c.key]).chain(cfg.client_auth.ca.as_ref());
-    files.map(|p: &PathBuf| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+    files
+        .map(|p: &PathBuf| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.ctime_nsec() + m.ctime() * 1_000_000_000, m.len(), m.ino())))
+        })
+        .collect()
 }
 
 fn build(cfg: &TlsConfig) -> Result<ServerConfig, String> {
@@ -104,7 +112,8 @@ fn build(cfg: &TlsConfig) -> Result<ServerConfig, String> {
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?;
     let builder = match (&cfg.client_auth.mode, &cfg.client_auth.ca) {
-        (ClientAuthMode::None, _) | (_, None) => builder.with_no_client_auth(),
+        (ClientAuthMode::None, _) => builder.with_no_client_auth(),
+        (_, None) => return Err("client certificates need a CA bundle (`client_auth.ca`)".into()),
         (mode, Some(ca)) => {
             let roots = Arc::new(super::load_roots(ca)?);
             let v = WebPkiClientVerifier::builder_with_provider(roots, provider);
@@ -114,8 +123,15 @@ fn build(cfg: &TlsConfig) -> Result<ServerConfig, String> {
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+    if cfg.client_auth.mode == ClientAuthMode::None {
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+    } else {
+        // A resumed session keeps the client certificate it began with, unchecked: one that
+        // has expired since would go on working. Every connection verifies it afresh.
+        config.session_storage = std::sync::Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(config)
 }
 

@@ -489,7 +489,9 @@ impl Upstream {
         let member = &self.members[idx];
         let mut progress = progress;
         if let Some(req) = slot.as_mut() {
+            // (A request made for HTTP/2 already has its host in the URI.)
             if !req.headers().contains_key(http::header::HOST)
+                && req.uri().authority().is_none()
                 && let Ok(h) = http::HeaderValue::from_str(member.authority.as_str())
             {
                 req.headers_mut().insert(http::header::HOST, h);
@@ -575,6 +577,10 @@ impl Upstream {
                 }
             }
         };
+        // The caller's own deadline, shorter than the upstream's: running out of it is no
+        // fault of the target (no health record, no retry), or any caller could eject
+        // healthy targets by asking for `grpc-timeout: 1n`.
+        let callers = deadline.is_some_and(|d| d < self.response_timeout);
         tokio::select! {
             biased;
             r = exchange => r,
@@ -583,7 +589,7 @@ impl Upstream {
                     Failure::Client => GatewayError::BodyTimeout,
                     _ => GatewayError::UpstreamTimeout { upstream: self.name.clone() },
                 },
-                kind,
+                kind: if callers { Failure::Client } else { kind },
             }),
         }
     }
@@ -593,6 +599,10 @@ impl Upstream {
     /// servers, NGINX among them, refuse both as a duplicate host), and HTTP/1.1 framing
     /// headers go.
     fn as_h2(&self, req: &mut Request<ProxyBody>, target: &Authority) {
+        // Already made for HTTP/2 (a resend): the URI has the client's host.
+        if req.version() == Version::HTTP_2 && req.uri().authority().is_some() {
+            return;
+        }
         let authority = req
             .headers()
             .get(http::header::HOST)
@@ -662,6 +672,11 @@ fn as_h1(req: &mut Request<ProxyBody>) {
     }
     if let Some(pq) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(pq);
+    }
+    // A body of unknown length is sent chunked (hyper would send a GET's as empty).
+    let body = req.body();
+    if !http_body::Body::is_end_stream(body) && http_body::Body::size_hint(body).exact().is_none() {
+        req.headers_mut().insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
     }
     *req.version_mut() = Version::HTTP_11;
 }

@@ -30,6 +30,11 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
 /// if the answer takes longer than `H2_PING_TIMEOUT`.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows towards upstreams: 1 MiB per stream, 32 MiB per connection,
+/// so it takes 32 stalled streams to stall a connection, and a connection buffers at most
+/// 32 MiB of response data its clients have not read.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// A connection ready for one exchange.
 #[derive(Debug)]
@@ -129,7 +134,7 @@ impl Pool {
     }
 
     fn shared_h2(&self) -> Option<Sender> {
-        self.h2.lock().as_ref().filter(|s| !s.is_closed()).map(|s| Sender::H2(s.clone()))
+        self.h2.lock().as_ref().filter(|s| s.is_ready()).map(|s| Sender::H2(s.clone()))
     }
 
     /// A connection ready for one request; the flag says whether it was reused.
@@ -182,6 +187,10 @@ impl Pool {
         if h2 {
             let mut b = http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
+                // Every stream to the target shares this connection: a few clients that stop
+                // reading must not use up its whole window and stall everyone else's.
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .keep_alive_interval(H2_PING_INTERVAL)
                 .keep_alive_timeout(H2_PING_TIMEOUT)
                 .keep_alive_while_idle(false);
