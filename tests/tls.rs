@@ -85,6 +85,9 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let (_, _, m) = get(&format!("http://{}/metrics", gw.gw.admin_addr().expect("admin"))).await;
     assert!(metric_sum(&m, "portcullis_tls_handshakes_total", &[("result", "ok")]) >= 4.0, "{m}");
     assert!(metric_sum(&m, "portcullis_tls_handshakes_total", &[("result", "failed")]) >= 2.0);
+    // rcgen's certificates last until 4096.
+    let expiry = metric_sum(&m, "portcullis_tls_certificate_expiry_timestamp_seconds", &[("listener", "public")]);
+    assert!(expiry > 4_000_000_000.0, "{m}");
 
     // curl, when this machine has it, agrees on both protocols.
     let curl_ok = std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
@@ -201,7 +204,7 @@ async fn optional_client_certificates_leave_the_choice_to_routes() {
         path(&sk),
         path(&ca_file)
     );
-    let routes = "  - { name: svc, match: { prefix: /svc }, upstream: up, auth: [mtls] }\n  - { name: open, match: { prefix: / }, upstream: up, public: true }\n";
+    let routes = "  - { name: svc, match: { prefix: /svc }, upstream: up, auth: [mtls], allow: { consumers: [\"spiffe://example.test/svc-a\"] } }\n  - { name: open, match: { prefix: / }, upstream: up, public: true }\n";
     let extra = "auth:\n  mtls: { consumer: uri }\n";
     let gw = TestGateway::start(&tls_config(up.addr, &tls, routes, extra)).await;
     let addr = gw.addr();

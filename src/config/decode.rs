@@ -1040,7 +1040,7 @@ fn decode_routes(
             (Some(false), None) => d.err(
                 public_pos,
                 &join(&ip, "auth"),
-                "a route must authenticate its callers: give `auth: [api_key | jwt, ...]`, or say `public: true`",
+                "a route must authenticate its callers: give `auth: [api_key | jwt | mtls, ...]`, or say `public: true`",
             ),
             (Some(true), Some((_, pos))) => {
                 d.err(*pos, &join(&ip, "auth"), "a `public: true` route takes no `auth`; remove one of them")

@@ -441,6 +441,16 @@ impl crate::admin::Node for NodeView {
             "gauge",
             [(String::new(), snap.version)],
         );
+        family(
+            &mut out,
+            "portcullis_tls_certificate_expiry_timestamp_seconds",
+            "When the first of a TLS listener's certificates in use expires (Unix time).",
+            "gauge",
+            snap.listener_tls
+                .iter()
+                .flatten()
+                .map(|t| (format!("listener=\"{}\"", label_value(t.listener())), t.expires_at().max(0) as u64)),
+        );
         let ups: Vec<_> = snap.upstreams.iter().map(|u| u.status()).collect();
         let upstream = |u: &UpstreamStatus| format!("upstream=\"{}\"", label_value(&u.name));
         let per_upstream = |out: &mut String, name: &str, help: &str, kind: &str, value: fn(&UpstreamStatus) -> u64| {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -31,24 +32,37 @@ pub struct ServerTls {
     current: ArcSwap<ServerConfig>,
     /// The files' stamps when last tried (whether that load worked or not).
     seen: Mutex<Vec<Stamp>>,
+    /// When the first of the certificates in use expires (Unix seconds).
+    not_after: AtomicI64,
 }
 
 impl ServerTls {
     /// Read the files of `cfg` and build listener `listener`'s TLS.
     pub fn load(listener: &str, cfg: &TlsConfig) -> Result<ServerTls, String> {
         let seen = stamps(cfg);
-        let config = build(cfg).map_err(|e| format!("listener `{listener}`: {e}"))?;
+        let (config, not_after) = build(cfg).map_err(|e| format!("listener `{listener}`: {e}"))?;
         Ok(ServerTls {
             listener: listener.to_string(),
             cfg: cfg.clone(),
             current: ArcSwap::from_pointee(config),
             seen: Mutex::new(seen),
+            not_after: AtomicI64::new(not_after),
         })
     }
 
     /// The settings this was built from.
     pub fn settings(&self) -> &TlsConfig {
         &self.cfg
+    }
+
+    /// When the first of the certificates served expires (Unix seconds), for monitoring.
+    pub fn expires_at(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
+    }
+
+    /// The listener's name.
+    pub fn listener(&self) -> &str {
+        &self.listener
     }
 
     /// The rustls configuration for the next handshake.
@@ -69,8 +83,9 @@ impl ServerTls {
             *seen = now;
         }
         match build(&self.cfg) {
-            Ok(config) => {
+            Ok((config, not_after)) => {
                 self.current.store(Arc::new(config));
+                self.not_after.store(not_after, Ordering::Relaxed);
                 tracing::info!(listener = %self.listener, "TLS certificates reloaded");
                 true
             }
@@ -94,13 +109,16 @@ fn stamps(cfg: &TlsConfig) -> Vec<Stamp> {
         .collect()
 }
 
-fn build(cfg: &TlsConfig) -> Result<ServerConfig, String> {
+/// The rustls configuration of `cfg`, and when its first certificate expires.
+fn build(cfg: &TlsConfig) -> Result<(ServerConfig, i64), String> {
     let mut resolver = SniResolver::default();
+    let mut not_after = i64::MAX;
     for c in &cfg.certificates {
         let (ck, leaf) = super::load_pair(&c.cert, &c.key)?;
         if leaf.not_after < crate::clock::unix_ms() / 1000 {
             tracing::warn!(cert = %c.cert.display(), "TLS certificate has expired");
         }
+        not_after = not_after.min(leaf.not_after);
         resolver.add(ck, &leaf.names);
     }
     let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.min_version {
@@ -132,7 +150,7 @@ fn build(cfg: &TlsConfig) -> Result<ServerConfig, String> {
         config.session_storage = std::sync::Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
-    Ok(config)
+    Ok((config, not_after))
 }
 
 /// Picks a certificate by the client's SNI: an exact name, else a wildcard one label deep,

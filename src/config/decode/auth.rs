@@ -673,7 +673,9 @@ fn decode_rule(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<AllowRule
     let mut f = Fields::new(d, node, path)?;
     let mut r = AllowRule::default();
     if let Some((n, p)) = f.get("consumers") {
-        r.consumers = names(d, n, &p);
+        // Any printable name: JWT subjects and certificate fields (URIs, e-mail addresses)
+        // name consumers too.
+        r.consumers = strings(d, n, &p);
     }
     if let Some((n, p)) = f.get("groups") {
         r.groups = names(d, n, &p);
