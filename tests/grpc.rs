@@ -160,6 +160,20 @@ async fn unary(
     c.unary(req, PathAndQuery::from_static(path), RawCodec).await
 }
 
+/// Open a bidirectional `Chat` stream: the sender of its messages and the answers.
+async fn chat(
+    c: &mut tonic::client::Grpc<tonic::transport::Channel>,
+) -> (tokio::sync::mpsc::Sender<Bytes>, Streaming<Bytes>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    c.ready().await.expect("ready");
+    let res = c
+        .streaming(Request::new(outbound), PathAndQuery::from_static("/test.Echo/Chat"), RawCodec)
+        .await
+        .expect("stream opened");
+    (tx, res.into_inner())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_and_bidirectional_streaming_pass_with_trailers() {
     let (up, upstream_conns) = grpc_upstream().await;
@@ -188,14 +202,7 @@ async fn unary_and_bidirectional_streaming_pass_with_trailers() {
     assert_eq!(&res.into_inner()[..], b"silluctrop");
 
     // Bidirectional: 200 messages each way, interleaved, then a status in the trailers.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    c.ready().await.expect("ready");
-    let res = c
-        .streaming(Request::new(outbound), PathAndQuery::from_static("/test.Echo/Chat"), RawCodec)
-        .await
-        .expect("stream opened");
-    let mut inbound = res.into_inner();
+    let (tx, mut inbound) = chat(&mut c).await;
     for i in 0..200 {
         // Each answer arrives before the next message is sent: both directions stream.
         tx.send(Bytes::from(format!("m{i}"))).await.expect("send");
@@ -213,14 +220,7 @@ async fn unary_and_bidirectional_streaming_pass_with_trailers() {
     assert_eq!(end.metadata().get("x-final").expect("trailer metadata"), "trailer-intact");
 
     // A stream ending with OK: trailers carry grpc-status 0.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    c.ready().await.expect("ready");
-    let res = c
-        .streaming(Request::new(outbound), PathAndQuery::from_static("/test.Echo/Chat"), RawCodec)
-        .await
-        .expect("open");
-    let mut inbound = res.into_inner();
+    let (tx, mut inbound) = chat(&mut c).await;
     tx.send(Bytes::from_static(b"one")).await.expect("send");
     assert_eq!(inbound.message().await.expect("ok").expect("message"), Bytes::from_static(b"echo:one"));
     tx.send(Bytes::from_static(b"ok")).await.expect("send");

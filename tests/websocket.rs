@@ -43,6 +43,30 @@ fn config_with(up: SocketAddr, idle: &str, limits: &str) -> String {
     )
 }
 
+/// A WebSocket on an HTTP/2 stream (RFC 8441) to `path` through the gateway at `gw`.
+async fn h2_websocket(
+    gw: SocketAddr,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    let tcp = tokio::net::TcpStream::connect(gw).await.expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2");
+    tokio::spawn(conn);
+    // A first request, so the gateway's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
+    let warm = http::Request::get(format!("http://{gw}/ws")).body(full("")).expect("req");
+    let _ = tx.send_request(warm).await.expect("warm-up");
+    let mut req = http::Request::connect(format!("http://{gw}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(full(""))
+        .expect("req");
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let res = tx.send_request(req).await.expect("extended CONNECT");
+    assert_eq!(res.status(), 200, "RFC 8441: 200 opens the stream");
+    assert!(!res.headers().contains_key("sec-websocket-accept"));
+    let upgraded = hyper::upgrade::on(res).await.expect("upgraded stream");
+    tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+}
+
 /// Send `total` messages in windows of `window`, each echo checked in order.
 async fn round_trips<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, total: usize, window: usize)
 where
@@ -108,23 +132,7 @@ async fn ten_thousand_messages_round_trip_over_an_http1_upgrade() {
 async fn websocket_over_http2_extended_connect() {
     let up = echo_server().await;
     let gw = TestGateway::start(&config(up, "30s")).await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
-    let (mut tx, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2");
-    tokio::spawn(conn);
-    // A first request, so the gateway's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
-    let warm = http::Request::get(format!("http://{}/ws", gw.addr())).body(full("")).expect("req");
-    let _ = tx.send_request(warm).await.expect("warm-up");
-    let mut req = http::Request::connect(format!("http://{}/ws/h2", gw.addr()))
-        .header("sec-websocket-version", "13")
-        .body(full(""))
-        .expect("req");
-    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
-    let res = tx.send_request(req).await.expect("extended CONNECT");
-    assert_eq!(res.status(), 200, "RFC 8441: 200 opens the stream");
-    assert!(!res.headers().contains_key("sec-websocket-accept"));
-    let upgraded = hyper::upgrade::on(res).await.expect("upgraded stream");
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    let mut ws = h2_websocket(gw.addr(), "/ws/h2").await;
     round_trips(&mut ws, 2_000, 50).await;
 }
 
@@ -174,21 +182,7 @@ async fn an_http2_websocket_stream_keeps_its_connection_busy() {
     let up = echo_server().await;
     // The listener closes idle HTTP/2 connections after 1 s; a tunnel in use is not idle.
     let gw = TestGateway::start(&config_with(up, "30s", "idle_timeout: 1s")).await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
-    let (mut tx, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2");
-    tokio::spawn(conn);
-    let warm = http::Request::get(format!("http://{}/ws", gw.addr())).body(full("")).expect("req");
-    let _ = tx.send_request(warm).await.expect("warm-up");
-    let mut req = http::Request::connect(format!("http://{}/ws", gw.addr()))
-        .header("sec-websocket-version", "13")
-        .body(full(""))
-        .expect("req");
-    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
-    let res = tx.send_request(req).await.expect("extended CONNECT");
-    assert_eq!(res.status(), 200);
-    let upgraded = hyper::upgrade::on(res).await.expect("upgraded stream");
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    let mut ws = h2_websocket(gw.addr(), "/ws").await;
     // Three idle periods of traffic, then still open.
     for _ in 0..30 {
         round_trips(&mut ws, 1, 1).await;

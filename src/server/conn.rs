@@ -92,7 +92,7 @@ impl Conn {
 /// Serve one accepted connection to the end: TLS first on a TLS listener (ALPN says which
 /// HTTP), else HTTP/1.1 or h2c prior knowledge, told apart by the first bytes.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     gw: Arc<Inner>,
     limits: ListenerLimits,
@@ -105,16 +105,7 @@ pub(crate) async fn serve(
     let permit = Arc::new(permit);
     let mut conn = Conn { gw, peer, limits, accepted, cancel, cert: None, tls: tls.is_some(), permit };
     let Some(tls) = tls else {
-        let sniffed = tokio::select! {
-            r = sniff(&mut stream, deadline) => r,
-            _ = conn.cancel.cancelled() => return,
-        };
-        match sniffed {
-            Ok(Some((true, prefix))) => serve_h2(Rewind { prefix, inner: stream }, conn).await,
-            Ok(Some((false, prefix))) => serve_h1(stream, prefix, conn).await,
-            Ok(None) | Err(_) => {}
-        }
-        return;
+        return serve_sniffed(stream, deadline, conn).await;
     };
     // The handshake counts against the header timeout, like the first request's head.
     let handshake = tokio::select! {
@@ -122,7 +113,7 @@ pub(crate) async fn serve(
         _ = conn.cancel.cancelled() => return,
     };
     let metrics = &conn.gw.shared.metrics;
-    let mut stream = match handshake {
+    let stream = match handshake {
         Ok(Ok(s)) => {
             metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             s
@@ -145,17 +136,23 @@ pub(crate) async fn serve(
         Some(b"h2") => serve_h2(stream, conn).await,
         Some(_) => serve_h1(stream, Bytes::new(), conn).await,
         // No ALPN: the first bytes tell, as on a plain listener.
-        None => {
-            let sniffed = tokio::select! {
-                r = sniff(&mut stream, deadline) => r,
-                _ = conn.cancel.cancelled() => return,
-            };
-            match sniffed {
-                Ok(Some((true, prefix))) => serve_h2(Rewind { prefix, inner: stream }, conn).await,
-                Ok(Some((false, prefix))) => serve_h1(stream, prefix, conn).await,
-                Ok(None) | Err(_) => {}
-            }
-        }
+        None => serve_sniffed(stream, deadline, conn).await,
+    }
+}
+
+/// HTTP/1.1 or HTTP/2 prior knowledge, as the first bytes (read by `deadline`) tell.
+async fn serve_sniffed<S>(mut stream: S, deadline: Instant, conn: Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let sniffed = tokio::select! {
+        r = sniff(&mut stream, deadline) => r,
+        _ = conn.cancel.cancelled() => return,
+    };
+    match sniffed {
+        Ok(Some((true, prefix))) => serve_h2(Rewind { prefix, inner: stream }, conn).await,
+        Ok(Some((false, prefix))) => serve_h1(stream, prefix, conn).await,
+        Ok(None) | Err(_) => {}
     }
 }
 
