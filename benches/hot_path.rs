@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
                         path,
                         method: &Method::GET,
                         headers: &headers,
+                        listener: Some("public"),
                     }))
                 })
             });

@@ -461,3 +461,52 @@ async fn a_reload_takes_up_replaced_upstream_certificates() {
     assert_eq!(h["x-client-cert"], pki::sha256_hex(&second.der).as_str(), "new connections use the new certificate");
     assert!(matches!(gw.gw.reload().await.expect("reload"), portcullis::server::Reloaded::Unchanged(2)));
 }
+
+#[tokio::test]
+async fn routes_bound_to_a_listener_take_only_its_client_certificates() {
+    let up = TestUpstream::start("up").await;
+    let dir = scratch_dir();
+    let server_ca = Ca::new("Server CA");
+    let partners_ca = Ca::new("Partners CA");
+    let staff_ca = Ca::new("Staff CA");
+    let (sc, sk) = server_ca.server(&["api.test"]).write(&dir, "server");
+    let partners = partners_ca.write(&dir, "partners-ca");
+    let staff = staff_ca.write(&dir, "staff-ca");
+    let listener = |name: &str, ca: &Path| {
+        format!(
+            "  - name: {name}\n    bind: \"127.0.0.1:0\"\n    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}], client_auth: {{ mode: required, ca: \"{}\" }} }}\n",
+            path(&sc),
+            path(&sk),
+            path(ca)
+        )
+    };
+    let yaml = format!(
+        "version: 1\nlisteners:\n{}{}upstreams:\n  - name: up\n    targets: [{{ url: \"http://{}\" }}]\nroutes:\n  - {{ name: partner-api, match: {{ prefix: /partner, listeners: [partners] }}, upstream: up, auth: [mtls] }}\n  - {{ name: staff-api, match: {{ prefix: /staff, listeners: [staff] }}, upstream: up, auth: [mtls] }}\n",
+        listener("partners", &partners),
+        listener("staff", &staff),
+        up.addr
+    );
+    let dir2 = scratch_dir();
+    let cfg_path = dir2.join("gw.yaml");
+    std::fs::write(&cfg_path, &yaml).expect("write");
+    let cfg = portcullis::config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+    let gw = portcullis::server::Gateway::start(cfg, None).await.expect("start");
+    let at = |l: &str| gw.local_addr(l).expect("listener");
+    let partner = TlsClient::new(&server_ca).with_cert(&partners_ca.client("acme", None));
+    let employee = TlsClient::new(&server_ca).with_cert(&staff_ca.client("alice", None));
+
+    let r = partner.get(at("partners"), "api.test", "/partner/orders").await.expect("exchange");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().headers["x-consumer-id"], "acme");
+    // A staff certificate is valid on its own listener, but partner routes are not there.
+    let r = employee.get(at("staff"), "api.test", "/partner/orders").await.expect("exchange");
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = employee.get(at("staff"), "api.test", "/staff/x").await.expect("exchange");
+    assert_eq!(r.status, 200);
+    // And the partners' listener does not take staff certificates at all.
+    assert!(employee.get(at("partners"), "api.test", "/partner/orders").await.is_err());
+
+    let bad = yaml.replace("listeners: [staff]", "listeners: [nowhere]");
+    let err = portcullis::config::parse("gw.yaml", &bad).expect_err("unknown listener").to_string();
+    assert!(err.contains("routes[1].match.listeners[0]: unknown listener `nowhere`"), "{err}");
+}

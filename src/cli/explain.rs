@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use crate::router::path::normalise;
 use crate::router::{HostError, RequestView, Table, request_authority, route_host};
 
-pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) -> ExitCode {
+pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String], listener: Option<&str>) -> ExitCode {
     let Some((cfg, _)) = super::load_or_report(config) else {
         return ExitCode::from(1);
     };
@@ -65,7 +65,8 @@ pub(super) fn run(config: &Path, method: &str, url: &str, headers: &[String]) ->
         println!("  (path normalised from {})", uri.path());
     }
     let table = Table::new(&cfg.routes);
-    let e = table.explain(&RequestView { host: host.as_deref(), path: &path, method: &method, headers: &map });
+    let e =
+        table.explain(&RequestView { host: host.as_deref(), path: &path, method: &method, headers: &map, listener });
     let code = match &e.chosen {
         Some(name) => {
             let r = table.routes().iter().find(|r| &r.name == name);

@@ -55,6 +55,10 @@ enum Cmd {
         /// A request header, 'Name: value' (repeatable).
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// The listener the request arrives on (routes with `match.listeners` take only theirs;
+        /// without it, any).
+        #[arg(short = 'l', long = "listener")]
+        listener: Option<String>,
     },
     /// One screen about a running node: config version, listeners, upstream health.
     /// The admin token is read from PORTCULLIS_ADMIN_TOKEN.
@@ -124,7 +128,9 @@ pub fn main() -> ExitCode {
     };
     match cli.cmd {
         Cmd::Validate { config } => validate(&config),
-        Cmd::Explain { config, method, url, headers } => explain::run(&config, &method, &url, &headers),
+        Cmd::Explain { config, method, url, headers, listener } => {
+            explain::run(&config, &method, &url, &headers, listener.as_deref())
+        }
         Cmd::Consumers { config, cmd } => identity::consumers(&config, cmd),
         Cmd::Keys { config, cmd } => identity::keys(&config, cmd),
         Cmd::Audit { config, cmd } => audit::run(&config, cmd),

@@ -284,7 +284,15 @@ fn decode_root(d: &mut Decoder<'_>, root: &Node) -> Option<Config> {
             let has_store = node.as_ref().is_some_and(|n| n.store.is_some());
             let client_certs =
                 listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.mode != ClientAuthMode::None));
-            decode_routes(d, n, &p, &upstreams, &auth, has_store, client_certs)
+            let listener_names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
+            let cx = RouteContext {
+                upstreams: &upstreams,
+                auth: &auth,
+                has_store,
+                client_certs,
+                listeners: &listener_names,
+            };
+            decode_routes(d, n, &p, &cx)
         }
         None => Vec::new(),
     };
@@ -969,15 +977,19 @@ fn parse_target_url(s: &str) -> Result<(http::uri::Authority, bool), String> {
 
 const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
 
-fn decode_routes(
-    d: &mut Decoder<'_>,
-    node: &Node,
-    path: &str,
-    upstreams: &[(UpstreamConfig, Pos)],
-    auth_config: &AuthConfig,
+/// What routes are checked against: the rest of the config.
+struct RouteContext<'a> {
+    upstreams: &'a [(UpstreamConfig, Pos)],
+    auth: &'a AuthConfig,
+    /// `node.store` is set (quotas need it).
     has_store: bool,
+    /// Some listener asks for client certificates (`mtls` needs it).
     client_certs: bool,
-) -> Vec<RouteConfig> {
+    listeners: &'a [String],
+}
+
+fn decode_routes(d: &mut Decoder<'_>, node: &Node, path: &str, cx: &RouteContext<'_>) -> Vec<RouteConfig> {
+    let RouteContext { upstreams, auth: auth_config, has_store, client_certs, listeners: listener_names } = *cx;
     let mut out = Vec::new();
     let mut names: HashMap<String, ()> = HashMap::new();
     for (i, item) in seq(d, node, path).iter().enumerate() {
@@ -987,7 +999,7 @@ fn decode_routes(
         };
         let rname = unique_name(d, &mut f, item, &ip, &mut names, "route");
         let matched = match f.get("match") {
-            Some((n, p)) => decode_match(d, n, &p),
+            Some((n, p)) => decode_match(d, n, &p, listener_names),
             None => {
                 d.err(item.pos, &join(&ip, "match"), "missing field `match`");
                 None
@@ -1055,13 +1067,16 @@ fn decode_routes(
         {
             d.err(*pos, &join(&ip, "allow"), "a public route has no caller identity; only `ips` rules apply to it");
         }
-        if let (Some(name), Some((host, path, methods, headers)), Some(upstream)) = (rname, matched, upstream) {
+        if let (Some(name), Some((host, path, methods, headers, listeners)), Some(upstream)) =
+            (rname, matched, upstream)
+        {
             out.push(RouteConfig {
                 name,
                 host,
                 path,
                 methods,
                 headers,
+                listeners,
                 upstream,
                 auth: if public == Some(true) { Vec::new() } else { auth.map(|(a, _)| a).unwrap_or_default() },
                 allow: allow.map(|(a, _)| a).unwrap_or_default(),
@@ -1158,9 +1173,9 @@ fn nets(d: &mut Decoder<'_>, node: &Node, path: &str) -> Vec<ipnet::IpNet> {
     out
 }
 
-type Match = (Option<HostPattern>, PathPattern, Vec<Method>, Vec<(HeaderName, HeaderValue)>);
+type Match = (Option<HostPattern>, PathPattern, Vec<Method>, Vec<(HeaderName, HeaderValue)>, Vec<String>);
 
-fn decode_match(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Match> {
+fn decode_match(d: &mut Decoder<'_>, node: &Node, path: &str, listener_names: &[String]) -> Option<Match> {
     let mut f = Fields::new(d, node, path)?;
     let mut ok = true;
     let host = f.get("host").and_then(|(n, p)| {
@@ -1238,9 +1253,26 @@ fn decode_match(d: &mut Decoder<'_>, node: &Node, path: &str) -> Option<Match> {
         hf.used.iter_mut().for_each(|u| *u = true);
         hf.finish(d);
     }
+    let mut listeners = Vec::new();
+    if let Some((n, p)) = f.get("listeners") {
+        let items = seq(d, n, &p);
+        if items.is_empty() && matches!(n.kind, Kind::Seq(_)) {
+            d.err(n.pos, &p, "name at least one listener, or leave `listeners` out to take all");
+        }
+        for (i, item) in items.iter().enumerate() {
+            let lp = format!("{p}[{i}]");
+            let Some(l) = scalar(d, item, &lp) else { continue };
+            if !listener_names.iter().any(|x| x == l) {
+                d.err(item.pos, &lp, format!("unknown listener `{l}`"));
+                ok = false;
+            } else if !listeners.iter().any(|x| x == l) {
+                listeners.push(l.to_string());
+            }
+        }
+    }
     f.finish(d);
     if !ok {
         return None;
     }
-    Some((host, pattern?, methods, headers))
+    Some((host, pattern?, methods, headers, listeners))
 }

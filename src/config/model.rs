@@ -792,6 +792,9 @@ pub struct RouteConfig {
     pub methods: Vec<Method>,
     /// `match.headers`: each must be present with exactly this value.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `match.listeners`: the listeners whose requests this route takes (empty: all). Binds
+    /// a route to, say, the listener whose CA vouches for its `mtls` callers.
+    pub listeners: Vec<String>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// `auth`: methods, any one of which must succeed; empty for a `public: true` route.

@@ -25,6 +25,8 @@ pub struct RequestView<'a> {
     pub method: &'a Method,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The listener it came on (`None`: any, as `explain` asks without one).
+    pub listener: Option<&'a str>,
 }
 
 /// Routes that share a host scope, ordered by precedence, with exact paths indexed.
@@ -162,6 +164,7 @@ impl Table {
 
     fn rest_matches(r: &RouteConfig, req: &RequestView<'_>) -> bool {
         (r.methods.is_empty() || r.methods.contains(req.method))
+            && (r.listeners.is_empty() || req.listener.is_none_or(|l| r.listeners.iter().any(|x| x == l)))
             && r.headers.iter().all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
     }
 
@@ -221,6 +224,12 @@ impl Table {
             }
             if !r.path.matches(req.path) {
                 reasons.push(format!("path: wants {}, got {}", r.path, req.path));
+            }
+            if !r.listeners.is_empty()
+                && let Some(l) = req.listener
+                && !r.listeners.iter().any(|x| x == l)
+            {
+                reasons.push(format!("listener: wants {}, got {l}", r.listeners.join("|")));
             }
             if !r.methods.is_empty() && !r.methods.contains(req.method) {
                 let m: Vec<&str> = r.methods.iter().map(Method::as_str).collect();
@@ -286,6 +295,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (HeaderName::from_bytes(n.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v")))
                 .collect(),
+            listeners: Vec::new(),
             upstream: 0,
             auth: Vec::new(),
             allow: Vec::new(),
@@ -301,7 +311,7 @@ mod tests {
             h.append(HeaderName::from_bytes(n.as_bytes()).expect("n"), HeaderValue::from_str(v).expect("v"));
         }
         let m = Method::from_bytes(method.as_bytes()).expect("m");
-        t.find(&RequestView { host, path, method: &m, headers: &h }).map(|i| t.routes()[i].name.clone())
+        t.find(&RequestView { host, path, method: &m, headers: &h, listener: None }).map(|i| t.routes()[i].name.clone())
     }
 
     #[test]
@@ -374,7 +384,7 @@ mod tests {
                     for method in ["GET", "POST"] {
                         let m = Method::from_bytes(method.as_bytes()).expect("m");
                         let h = HeaderMap::new();
-                        let req = RequestView { host, path, method: &m, headers: &h };
+                        let req = RequestView { host, path, method: &m, headers: &h, listener: None };
                         let linear = t.order.iter().map(|&i| i as usize).find(|&i| {
                             let r = &t.routes[i];
                             r.host.as_ref().is_none_or(|p| host.is_some_and(|x| p.matches(x)))
@@ -409,6 +419,7 @@ mod tests {
             path: "/v1/orders/1",
             method: &Method::DELETE,
             headers: &h,
+            listener: None,
         });
         assert_eq!(e.chosen, None);
         assert_eq!(e.misses[0].route, "a");

@@ -70,6 +70,7 @@ struct Conn {
     /// The connection's place under `max_connections` and `max_connections_per_ip`; shared
     /// with a WebSocket relay, which outlives the HTTP connection.
     permit: Arc<ConnPermit>,
+    listener: Arc<str>,
 }
 
 impl Conn {
@@ -85,25 +86,33 @@ impl Conn {
             cert: self.cert.clone(),
             tls: self.tls,
             permit: self.permit.clone(),
+            listener: self.listener.clone(),
         })
     }
 }
 
+/// What the accept loop knows of a connection it hands over.
+pub(crate) struct Accepted {
+    pub(crate) peer: SocketAddr,
+    /// The listener's name.
+    pub(crate) listener: Arc<str>,
+    pub(crate) gw: Arc<Inner>,
+    pub(crate) limits: ListenerLimits,
+    /// The listener's TLS, if it terminates TLS.
+    pub(crate) tls: Option<Arc<ServerTls>>,
+    pub(crate) cancel: CancellationToken,
+    /// Its place under the listener's connection limits.
+    pub(crate) permit: ConnPermit,
+}
+
 /// Serve one accepted connection to the end: TLS first on a TLS listener (ALPN says which
 /// HTTP), else HTTP/1.1 or h2c prior knowledge, told apart by the first bytes.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    gw: Arc<Inner>,
-    limits: ListenerLimits,
-    tls: Option<Arc<ServerTls>>,
-    cancel: CancellationToken,
-    permit: ConnPermit,
-) {
+pub(crate) async fn serve(stream: TcpStream, a: Accepted) {
+    let Accepted { peer, listener, gw, limits, tls, cancel, permit } = a;
     let accepted = Instant::now();
     let deadline = accepted + limits.header_timeout;
     let permit = Arc::new(permit);
-    let mut conn = Conn { gw, peer, limits, accepted, cancel, cert: None, tls: tls.is_some(), permit };
+    let mut conn = Conn { gw, peer, limits, accepted, cancel, cert: None, tls: tls.is_some(), permit, listener };
     let Some(tls) = tls else {
         return serve_sniffed(stream, deadline, conn).await;
     };

@@ -1022,6 +1022,8 @@ async fn accept_loop(inner: Arc<Inner>, name: Arc<Mutex<Arc<str>>>, sock: TcpLis
         };
         let _ = stream.set_nodelay(true);
         let conn_cancel = cancel.child_token();
-        inner.tracker.spawn(conn::serve(stream, peer, inner.clone(), limits, tls, conn_cancel, permit));
+        let accepted =
+            conn::Accepted { peer, listener: name, gw: inner.clone(), limits, tls, cancel: conn_cancel, permit };
+        inner.tracker.spawn(conn::serve(stream, accepted));
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct ConnCtx {
     pub(crate) tls: bool,
     /// The connection's place under the listener's connection limits.
     pub(crate) permit: Arc<crate::protect::ConnPermit>,
+    /// The listener it came on (as named when accepted).
+    pub(crate) listener: Arc<str>,
 }
 
 /// hyper's entry point for one request.
@@ -556,7 +558,9 @@ async fn proxy(
     }
     let original_host = request_authority(&parts).map_err(|e| GatewayError::BadRequest(e.0))?;
     let host = route_host(original_host.as_ref());
-    let view = RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers };
+    let listener = Some(&*ctx.listener);
+    let view =
+        RequestView { host: host.as_deref(), path: &path, method: &parts.method, headers: &parts.headers, listener };
     let idx = snap.table.find(&view).ok_or(GatewayError::RouteNotFound)?;
     let route = &snap.table.routes()[idx];
     outcome.route = Some(idx);
@@ -565,7 +569,13 @@ async fn proxy(
         && let Some(loose) = crate::router::path::loose_form(&path)
     {
         // A public route took it, but a lenient backend might read it as a protected one.
-        let v = RequestView { host: host.as_deref(), path: &loose, method: &parts.method, headers: &parts.headers };
+        let v = RequestView {
+            host: host.as_deref(),
+            path: &loose,
+            method: &parts.method,
+            headers: &parts.headers,
+            listener,
+        };
         if shadow.find(&v).is_some() {
             return Err(GatewayError::BadRequest("the path is another spelling of a protected route"));
         }
