@@ -337,23 +337,11 @@ pub fn rescue_grpc(err: &GatewayError, request_id: &HeaderValue) -> Response<GwB
     h.remove(header::CACHE_CONTROL);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.insert(http::HeaderName::from_static("grpc-status"), HeaderValue::from(u16::from(err.grpc_status())));
-    if let Ok(v) = HeaderValue::from_str(&grpc_message(&detail)) {
+    // gRPC's own encoding of `grpc-message`: printable ASCII but `%` as is, the rest `%XX`.
+    if let Ok(v) = HeaderValue::from_str(&crate::hex::percent_encode(&detail, b"")) {
         h.insert(http::HeaderName::from_static("grpc-message"), v);
     }
     res
-}
-
-/// `grpc-message` encoding: printable ASCII except `%` as is, every other byte as `%XX`.
-fn grpc_message(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `X-Quota-Limit`, `X-Quota-Remaining` and `X-Quota-Reset` (seconds until the period ends).

@@ -17,6 +17,20 @@ pub fn encode(bytes: &[u8]) -> String {
     s
 }
 
+/// `s` with printable ASCII kept and `%`, every other byte, and the bytes of `also` written
+/// as `%XX` (upper-case hex): text from the network or a certificate made safe for a header.
+pub fn percent_encode(s: &str, also: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' && !also.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decode hex (either case) that fills `out` exactly; `None` if it does not.
 pub fn decode(s: &str, out: &mut [u8]) -> Option<()> {
     let b = s.as_bytes();

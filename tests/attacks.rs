@@ -942,16 +942,7 @@ async fn header_bombs_within_the_limits() {
 // HTTP/2 prior knowledge (h2c) with hand-made frames
 // ---------------------------------------------------------------------------------------
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+use common::h2::{CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS};
 
 #[derive(Debug)]
 struct Frame {
@@ -962,10 +953,8 @@ struct Frame {
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let n = payload.len();
-    let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
+    let mut f = Vec::with_capacity(9 + payload.len());
+    common::h2::put_frame(&mut f, kind, flags, stream, payload);
     f
 }
 

@@ -38,18 +38,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 // A tiny HTTP/2 frame encoder (RFC 9113 §4.1, §6) and HPACK block builder (RFC 7541)
 // ---------------------------------------------------------------------------------------
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
+use common::h2::{
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, RST_STREAM, SETTINGS, WINDOW_UPDATE,
+    put_frame as frame,
+};
 const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 
 const REFUSED_STREAM: u32 = 0x7;
 const CANCEL: u32 = 0x8;
@@ -77,14 +70,6 @@ fn reason(code: u32) -> &'static str {
         0xd => "HTTP_1_1_REQUIRED",
         _ => "unknown",
     }
-}
-
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let n = payload.len();
-    assert!(n < 1 << 24, "frame payload too long");
-    out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags]);
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    out.extend_from_slice(payload);
 }
 
 /// The client connection preface and an empty SETTINGS frame.

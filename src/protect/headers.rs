@@ -31,6 +31,12 @@ static FORWARDING: [HeaderName; 6] = [
 /// `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Whether any `name` field of `h` lists `token` (a comma-separated list, tokens compared
+/// without case, as `Connection`, `Upgrade` and `TE` are).
+pub fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+}
+
 /// Remove hop-by-hop headers, including every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass to see which are present (most messages carry at most `Connection`), then

@@ -625,18 +625,13 @@ pub fn source_hash(s: &str, config: &Config) -> u64 {
 
 /// A hash of the contents of every file upstreams' `tls` settings name (0 for none).
 fn upstream_tls_files_hash(config: &Config) -> u64 {
-    let mut files = config
-        .upstreams
-        .iter()
-        .filter_map(|u| u.tls.as_ref())
-        .flat_map(|t| t.ca.iter().chain(t.client_cert.iter().flat_map(|(c, k)| [c, k])))
-        .peekable();
-    if files.peek().is_none() {
+    let mut tls = config.upstreams.iter().filter_map(|u| u.tls.as_ref()).peekable();
+    if tls.peek().is_none() {
         return 0;
     }
     let mut h = DefaultHasher::new();
-    for p in files {
-        std::fs::read(p).unwrap_or_default().hash(&mut h);
+    for t in tls {
+        crate::tls::client::files_digest(t).hash(&mut h);
     }
     h.finish()
 }

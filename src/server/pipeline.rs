@@ -28,7 +28,7 @@ use crate::observe::trace::{Span, TraceContext, now_ns};
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 use crate::observe::metrics::Metrics;
 use crate::observe::new_request_id;
-use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, set_forwarding, strip_hop_by_hop};
+use crate::protect::headers::{X_REQUEST_ID, acceptable_request_id, has_token, set_forwarding, strip_hop_by_hop};
 use crate::protect::{BodyProgress, ConnState, LimitedBody};
 use crate::router::path::normalise;
 use crate::router::{RequestView, request_authority, route_host};
@@ -74,6 +74,8 @@ struct Outcome {
     raw: Option<http::Uri>,
     /// The authenticated consumer, if any.
     consumer: Option<Arc<str>>,
+    /// The request is gRPC (`content-type: application/grpc…`).
+    grpc: bool,
 }
 
 /// What a request's metrics and access-log line need, gathered as it goes. Turned into the
@@ -208,6 +210,10 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         span,
         outcome: Outcome {
             raw: (logging || span.is_some_and(|(c, _)| c.sampled)).then(|| req.uri().clone()),
+            grpc: req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             ..Outcome::default()
         },
         metrics: &ctx.gw.shared.metrics,
@@ -221,8 +227,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     // HTTP/2: a request dropped before `proxy` returns was cancelled by its client.
     let mut cancel = Cancelled(if ctx.http1 { None } else { ctx.state.as_deref() });
     // gRPC callers (over HTTP/2) get the gateway's refusals as gRPC statuses.
-    let grpc = !ctx.http1
-        && req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = !ctx.http1 && rec.outcome.grpc;
     // The HTTP status a refusal stands for, when the answer carries another (gRPC's 200).
     let mut refused = None;
     let traceparent = span.map(|(c, _)| (c.traceparent(), c.parent.is_some()));
@@ -584,17 +589,10 @@ async fn proxy(
     drop(host);
 
     // gRPC's deadline: the upstream must answer within it (and is told it, as sent).
-    let deadline = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .filter(|v| v.as_bytes().starts_with(b"application/grpc"))
-        .and(parts.headers.get(&GRPC_TIMEOUT))
-        .and_then(|v| grpc_timeout(v.as_bytes()));
+    let deadline =
+        if outcome.grpc { parts.headers.get(&GRPC_TIMEOUT).and_then(|v| grpc_timeout(v.as_bytes())) } else { None };
     // `TE: trailers` is the one hop-by-hop value that goes on: gRPC servers need it.
-    let te_trailers = parts
-        .headers
-        .get(header::TE)
-        .is_some_and(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = has_token(&parts.headers, &header::TE, "trailers");
     // Hop-by-hop first: `Connection` must not be able to name (and so remove) the identity
     // headers set below.
     strip_hop_by_hop(&mut parts.headers);
@@ -775,6 +773,7 @@ async fn proxy(
 #[cfg(test)]
 mod tests {
     use super::{LimitKey, grpc_timeout, limit_ip};
+    use crate::config::RateKey;
 
     #[test]
     fn grpc_timeouts() {
@@ -787,7 +786,6 @@ mod tests {
             assert_eq!(grpc_timeout(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
-    use crate::config::RateKey;
 
     #[test]
     fn limit_keys_of_different_sources_never_collide() {

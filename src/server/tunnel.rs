@@ -16,17 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::Done;
 use crate::protect::ConnPermit;
+use crate::protect::headers::has_token;
 use crate::upstream::Loan;
 
 /// Whether `h` asks to upgrade to WebSocket (`Upgrade: websocket` and `Connection: upgrade`,
 /// case-insensitive tokens).
 pub(crate) fn wants_websocket(h: &http::HeaderMap) -> bool {
-    let has = |name: http::header::HeaderName, token: &str| {
-        h.get_all(name)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-    };
-    has(http::header::UPGRADE, "websocket") && has(http::header::CONNECTION, "upgrade")
+    has_token(h, &http::header::UPGRADE, "websocket") && has_token(h, &http::header::CONNECTION, "upgrade")
 }
 
 /// Whether `v` is a `Sec-WebSocket-Key`: 16 bytes in base64 (RFC 6455 §4.1).
@@ -39,10 +35,7 @@ pub(crate) fn valid_key(v: &http::HeaderValue) -> bool {
 /// `Sec-WebSocket-Accept` = base64(SHA-1(key + the RFC 6455 GUID)).
 pub(crate) fn wants_websocket_response(h: &http::HeaderMap, key: &http::HeaderValue) -> bool {
     use base64::Engine as _;
-    let upgrade = h
-        .get_all(http::header::UPGRADE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"))));
+    let upgrade = has_token(h, &http::header::UPGRADE, "websocket");
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key.as_bytes());
     ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");

@@ -87,7 +87,9 @@ impl ClientTls {
     }
 }
 
-fn files_digest(cfg: &UpstreamTls) -> [u8; 32] {
+/// SHA-256 over the contents of the files `cfg` names (what tells one version of them from
+/// the next).
+pub fn files_digest(cfg: &UpstreamTls) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let paths = cfg.ca.iter().chain(cfg.client_cert.iter().flat_map(|(c, k)| [c, k]));
     for p in paths {

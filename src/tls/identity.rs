@@ -92,9 +92,9 @@ impl PeerCert {
         // no SAN can pose as two.
         let sans: Vec<String> = dns
             .iter()
-            .map(|n| format!("DNS:{}", encode(n, b",")))
-            .chain(uris.iter().map(|u| format!("URI:{}", encode(u, b","))))
-            .chain(emails.iter().map(|e| format!("email:{}", encode(e, b","))))
+            .map(|n| format!("DNS:{}", crate::hex::percent_encode(n, b",")))
+            .chain(uris.iter().map(|u| format!("URI:{}", crate::hex::percent_encode(u, b","))))
+            .chain(emails.iter().map(|e| format!("email:{}", crate::hex::percent_encode(e, b","))))
             .chain(ips.iter().map(|i| format!("IP:{i}")))
             .collect();
         let headers = [
@@ -121,20 +121,7 @@ impl PeerCert {
 /// Text from a certificate as a header value: printable ASCII kept, `%` and anything else
 /// percent-encoded (a subject may hold any Unicode, or control characters).
 pub(crate) fn header_value(s: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&encode(s, b"")).ok()
-}
-
-/// `s` with `%`, bytes outside printable ASCII, and the bytes of `also` percent-encoded.
-fn encode(s: &str, also: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' && !also.contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    HeaderValue::from_str(&crate::hex::percent_encode(s, b"")).ok()
 }
 
 /// A distinguished name as RFC 4514 writes it: the most specific part first

@@ -183,8 +183,6 @@ pub struct Upstream {
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
-    /// `https` for TLS targets (the `:scheme` of HTTP/2 requests).
-    scheme: Scheme,
 }
 
 /// An upstream as the admin API shows it.
@@ -279,7 +277,6 @@ impl Upstream {
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
             idle_timeout: cfg.idle_timeout,
-            scheme: if cfg.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP },
         };
         up.rebuild();
         Ok(up)
@@ -514,17 +511,17 @@ impl Upstream {
                         kind: Failure::Client,
                     });
                 };
-                if tx.is_h2() && req.headers().contains_key(http::header::UPGRADE) {
-                    return Err(Failed {
-                        error: GatewayError::UpstreamProtocol {
-                            upstream: self.name.clone(),
-                            why: "WebSocket needs an HTTP/1.1 upstream",
-                        },
-                        kind: Failure::Client,
-                    });
-                }
                 if tx.is_h2() {
-                    self.as_h2(&mut req, &member.authority);
+                    if req.headers().contains_key(http::header::UPGRADE) {
+                        return Err(Failed {
+                            error: GatewayError::UpstreamProtocol {
+                                upstream: self.name.clone(),
+                                why: "WebSocket needs an HTTP/1.1 upstream",
+                            },
+                            kind: Failure::Client,
+                        });
+                    }
+                    as_h2(&mut req, &member.authority, member.pool.connector().is_tls());
                 } else if req.version() != Version::HTTP_11 {
                     as_h1(&mut req);
                 }
@@ -594,32 +591,6 @@ impl Upstream {
         }
     }
 
-    /// Make `req` (origin-form, `Host` set) an HTTP/2 request: the absolute URI gives
-    /// `:scheme` and `:authority` (the `Host` the client asked for, which then goes: some
-    /// servers, NGINX among them, refuse both as a duplicate host), and HTTP/1.1 framing
-    /// headers go.
-    fn as_h2(&self, req: &mut Request<ProxyBody>, target: &Authority) {
-        // Already made for HTTP/2 (a resend): the URI has the client's host.
-        if req.version() == Version::HTTP_2 && req.uri().authority().is_some() {
-            return;
-        }
-        let authority = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            .unwrap_or_else(|| target.clone());
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(authority);
-        parts.path_and_query = req.uri().path_and_query().cloned().or_else(|| Some(PathAndQuery::from_static("/")));
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
-        req.headers_mut().remove(http::header::TRANSFER_ENCODING);
-        req.headers_mut().remove(http::header::HOST);
-        *req.version_mut() = Version::HTTP_2;
-    }
-
     fn connect_error(&self, source: ConnectError) -> GatewayError {
         match source {
             ConnectError::Dial(crate::net::DialError::Timeout) => {
@@ -660,6 +631,32 @@ impl Upstream {
                 .collect(),
         }
     }
+}
+
+/// Make `req` (origin-form, `Host` set) an HTTP/2 request: the absolute URI gives
+/// `:scheme` and `:authority` (the `Host` the client asked for, which then goes: some
+/// servers, NGINX among them, refuse both as a duplicate host), and HTTP/1.1 framing
+/// headers go.
+fn as_h2(req: &mut Request<ProxyBody>, target: &Authority, tls: bool) {
+    // Already made for HTTP/2 (a resend): the URI has the client's host.
+    if req.version() == Version::HTTP_2 && req.uri().authority().is_some() {
+        return;
+    }
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| target.clone());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = Some(authority);
+    parts.path_and_query = req.uri().path_and_query().cloned().or_else(|| Some(PathAndQuery::from_static("/")));
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove(http::header::TRANSFER_ENCODING);
+    req.headers_mut().remove(http::header::HOST);
+    *req.version_mut() = Version::HTTP_2;
 }
 
 /// Back to HTTP/1.1 (a request first fitted for an HTTP/2 connection that did not take it):
