@@ -19,8 +19,8 @@ pub(super) fn decode_listener_tls(d: &mut Decoder<'_>, node: &Node, path: &str) 
             for (i, item) in items.iter().enumerate() {
                 let ip = format!("{p}[{i}]");
                 let Some(mut cf) = Fields::new(d, item, &ip) else { continue };
-                let cert = file(d, &mut cf, item, &ip, "cert");
-                let key = file(d, &mut cf, item, &ip, "key");
+                let cert = file(d, &mut cf, item, &ip, "cert", true);
+                let key = file(d, &mut cf, item, &ip, "key", true);
                 cf.finish(d);
                 if let (Some(cert), Some(key)) = (cert, key) {
                     if let Err(e) = crate::tls::load_pair(&cert, &key) {
@@ -49,7 +49,7 @@ pub(super) fn decode_listener_tls(d: &mut Decoder<'_>, node: &Node, path: &str) 
                 }
             };
         }
-        client_auth.ca = file(d, &mut cf, n, &p, "ca");
+        client_auth.ca = file(d, &mut cf, n, &p, "ca", false);
         if client_auth.mode != ClientAuthMode::None && client_auth.ca.is_none() {
             d.err(n.pos, &join(&p, "ca"), "a CA bundle is required to verify client certificates");
         }
@@ -74,13 +74,15 @@ pub(super) fn decode_listener_tls(d: &mut Decoder<'_>, node: &Node, path: &str) 
     (!certificates.is_empty()).then_some(TlsConfig { certificates, client_auth, min_version })
 }
 
-/// A file named by `key` (required), resolved against the config file's directory.
+/// A file named by `key`, resolved against the config file's directory; a `required` one
+/// that is missing is an error.
 fn file(
     d: &mut Decoder<'_>,
     f: &mut Fields<'_>,
     parent: &Node,
     path: &str,
     key: &'static str,
+    required: bool,
 ) -> Option<std::path::PathBuf> {
     match f.get(key) {
         Some((n, p)) => {
@@ -92,7 +94,7 @@ fn file(
             Some(d.resolve(s))
         }
         None => {
-            if key != "ca" {
+            if required {
                 d.err(parent.pos, &join(path, key), format!("missing field `{key}`"));
             }
             None
