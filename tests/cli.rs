@@ -121,6 +121,8 @@ struct Proc {
     child: Child,
     addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The thread copying stderr into `logs`; it ends when the process closes stderr.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Proc {
@@ -150,7 +152,7 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().expect("stderr");
         let l2 = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && v["message"] == "Listening"
@@ -161,7 +163,7 @@ impl Proc {
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(30)).expect("gateway did not report its address");
-        Proc { child, addr: addr.parse().expect("addr"), logs }
+        Proc { child, addr: addr.parse().expect("addr"), logs, reader: Some(reader) }
     }
 
     fn signal(&self, sig: &str) {
@@ -186,6 +188,10 @@ impl Proc {
         #[allow(clippy::disallowed_types)]
         while std::time::Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
+                // Every line the process wrote is in `logs` once the reader reaches EOF.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
                 return st.code();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -277,7 +283,16 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(body, "b", "SIGHUP did not apply the new config");
-    assert!(p.logs.lock().iter().any(|l| l.contains("\"trigger\":\"SIGHUP\"") && l.contains("Reloaded")));
+    // The log line follows the swap, and reaches us through a reader thread: wait for it.
+    let mut reload_logged = false;
+    for _ in 0..500 {
+        reload_logged = p.logs.lock().iter().any(|l| l.contains("\"trigger\":\"SIGHUP\"") && l.contains("Reloaded"));
+        if reload_logged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reload_logged, "{:#?}", p.logs.lock());
 }
 
 #[test]
