@@ -1337,16 +1337,29 @@ async fn h2_control_frame_floods_do_not_hurt_others() {
 
 /// RFC 9113 §3.4: "The client connection preface ... MUST be followed by a SETTINGS frame";
 /// anything else is a connection error of type PROTOCOL_ERROR. A request sent before the
-/// client's SETTINGS must not be served.
+/// client's SETTINGS must not be served (the h2 crate alone would serve it; the gateway checks
+/// the first frame itself).
 #[tokio::test]
-#[ignore = "KNOWN: the h2 crate serves a request sent before the client SETTINGS frame (RFC 9113 §3.4); low severity, not fixed here"]
 async fn h2_request_before_client_settings_is_refused() {
     let (up, gw) = setup(LIMITS).await;
-    let mut s = connect(gw.addr()).await;
-    let _ =
-        s.write_all(&[PREFACE, &frame(HEADERS, END_STREAM | END_HEADERS, 1, &h2_get("/early", &[]))].concat()).await;
-    let (frames, _) = h2_read(&mut s, Duration::from_secs(3), ends_stream(1)).await;
-    assert_ne!(h2_outcome(&frames, 1), "200", "a request before SETTINGS was served: {frames:?}");
+    let early = || frame(HEADERS, END_STREAM | END_HEADERS, 1, &h2_get("/early", &[]));
+    let shapes: Vec<(&str, Vec<u8>)> = vec![
+        ("HEADERS first", early()),
+        ("PING first, then HEADERS", [frame(PING, 0, 0, &[0; 8]), early()].concat()),
+        ("SETTINGS ACK first, then HEADERS", [frame(SETTINGS, 1, 0, &[]), early()].concat()),
+    ];
+    for (name, bytes) in shapes {
+        let mut s = connect(gw.addr()).await;
+        let _ = s.write_all(&[PREFACE, &bytes].concat()).await;
+        let (frames, closed) = h2_read(&mut s, Duration::from_secs(3), |f| f.kind == GOAWAY).await;
+        assert_ne!(h2_outcome(&frames, 1), "200", "{name}: a request before SETTINGS was served: {frames:?}");
+        // GOAWAY: the last stream id (4 bytes), then the error code; PROTOCOL_ERROR is 1.
+        let code = frames
+            .iter()
+            .find(|f| f.kind == GOAWAY && f.payload.len() >= 8)
+            .map(|f| u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]));
+        assert_eq!(code, Some(1), "{name}: expected GOAWAY PROTOCOL_ERROR, got {frames:?} (closed: {closed})");
+    }
     assert_eq!(hits(&up), 0);
     assert_healthy(&gw, "/ok", "a").await;
 }

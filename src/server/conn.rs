@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -55,6 +55,46 @@ async fn sniff<S: AsyncRead + Unpin>(stream: &mut S, deadline: Instant) -> io::R
             return Ok(Some((true, buf.freeze())));
         }
     }
+}
+
+/// The start of an HTTP/2 connection, checked before hyper sees it: the client preface and
+/// the header of the first frame, which RFC 9113 §3.4 says MUST be SETTINGS (on stream 0, not
+/// an acknowledgement). The h2 crate would serve a request sent before the client's SETTINGS;
+/// here such a connection gets GOAWAY(PROTOCOL_ERROR) and is closed. `read` is what was
+/// already read (a prefix of the preface); the rest must arrive by `deadline`. Returns the
+/// bytes read, to be replayed to hyper, or `None` when the connection is to be dropped.
+async fn h2_start<S>(stream: &mut S, read: Bytes, deadline: Instant) -> Option<Bytes>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    const FRAME_HEAD: usize = 9;
+    const SETTINGS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    let want = H2_PREFACE.len() + FRAME_HEAD;
+    let mut buf = BytesMut::with_capacity(want);
+    buf.extend_from_slice(&read);
+    while buf.len() < want {
+        let mut chunk = [0u8; 33];
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..want - buf.len()])).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let preface = buf.len().min(H2_PREFACE.len());
+        if buf[..preface] != H2_PREFACE[..preface] {
+            return None;
+        }
+    }
+    let head = &buf[H2_PREFACE.len()..];
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+    let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    if head[3] != SETTINGS || head[4] & ACK != 0 || stream_id != 0 || len % 6 != 0 {
+        // GOAWAY: last stream 0, PROTOCOL_ERROR (0x1). Best effort; the connection ends anyway.
+        const GOAWAY: [u8; 17] = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let _ = tokio::time::timeout_at(deadline, stream.write_all(&GOAWAY)).await;
+        return None;
+    }
+    Some(buf.freeze())
 }
 
 /// What every request on one connection shares.
@@ -142,7 +182,7 @@ pub(crate) async fn serve(stream: TcpStream, a: Accepted) {
     // rustls handed over only a chain it verified against the listener's CA bundle.
     conn.cert = session.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerCert::parse(c)).map(Arc::new);
     match alpn.as_deref() {
-        Some(b"h2") => serve_h2(stream, conn).await,
+        Some(b"h2") => serve_h2(stream, Bytes::new(), deadline, conn).await,
         Some(_) => serve_h1(stream, Bytes::new(), conn).await,
         // No ALPN: the first bytes tell, as on a plain listener.
         None => serve_sniffed(stream, deadline, conn).await,
@@ -159,16 +199,25 @@ where
         _ = conn.cancel.cancelled() => return,
     };
     match sniffed {
-        Ok(Some((true, prefix))) => serve_h2(Rewind { prefix, inner: stream }, conn).await,
+        Ok(Some((true, prefix))) => serve_h2(stream, prefix, deadline, conn).await,
         Ok(Some((false, prefix))) => serve_h1(stream, prefix, conn).await,
         Ok(None) | Err(_) => {}
     }
 }
 
-async fn serve_h2<S>(io: S, conn: Conn)
+/// Serve HTTP/2 on `io`, of which `read` (part of the client preface) was read already.
+async fn serve_h2<S>(mut io: S, read: Bytes, deadline: Instant, conn: Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let start = tokio::select! {
+        s = h2_start(&mut io, read, deadline) => s,
+        _ = conn.cancel.cancelled() => return,
+    };
+    let Some(prefix) = start else {
+        return;
+    };
+    let io = Rewind { prefix, inner: io };
     let limits = conn.limits;
     // The same counters as HTTP/1, here counting open streams for the idle timeout.
     let state = Arc::new(ConnState::default());
@@ -250,7 +299,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Replays sniffed bytes before reading from the stream.
+    /// Replays bytes already read (sniffed, or the checked start of HTTP/2) before reading
+    /// from the stream.
     #[derive(Debug)]
     struct Rewind<T> {
         prefix: Bytes,
