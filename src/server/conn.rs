@@ -88,7 +88,7 @@ where
     let head = &buf[H2_PREFACE.len()..];
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
     let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    if head[3] != SETTINGS || head[4] & ACK != 0 || stream_id != 0 || len % 6 != 0 {
+    if head[3] != SETTINGS || head[4] & ACK != 0 || stream_id != 0 || !len.is_multiple_of(6) {
         // GOAWAY: last stream 0, PROTOCOL_ERROR (0x1). Best effort; the connection ends anyway.
         const GOAWAY: [u8; 17] = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         let _ = tokio::time::timeout_at(deadline, stream.write_all(&GOAWAY)).await;
