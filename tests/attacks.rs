@@ -677,8 +677,9 @@ async fn head_responses_do_not_desync_pooled_connections() {
     }
     // nothing extra is waiting on the connection
     let mut buf = [0u8; 64];
+    // (the read may also see the gateway's idle close, which is no extra byte)
     let extra = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
-    assert!(extra.is_err(), "unexpected bytes after the last response: {extra:?}");
+    assert!(!matches!(extra, Ok(Ok(n)) if n > 0), "unexpected bytes after the last response: {extra:?}");
     assert_eq!(hits(&up), 20);
 }
 

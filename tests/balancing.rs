@@ -101,7 +101,8 @@ async fn least_request_avoids_a_slow_target() {
     let fast1 = TestUpstream::start("fast1").await;
     let fast2 = TestUpstream::start("fast2").await;
     let slow = TestUpstream::start("slow").await;
-    slow.delay_ms.store(40, Ordering::SeqCst);
+    // Far slower than a fast answer can get on a loaded debug build, so the split is clear.
+    slow.delay_ms.store(200, Ordering::SeqCst);
     let list = [(fast1.addr, 1), (fast2.addr, 1), (slow.addr, 1)];
     let gw =
         TestGateway::start(&lb_config(&format!("    balance: least_request\n    targets: {}", targets(&list)))).await;

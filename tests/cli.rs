@@ -222,7 +222,7 @@ async fn sigterm_drains_slow_requests_and_refuses_new_connections() {
     p.signal("TERM");
     // new connections are refused once the listener is closed
     let mut refused = false;
-    for _ in 0..200 {
+    for _ in 0..2000 {
         if tokio::net::TcpStream::connect(addr).await.is_err() {
             refused = true;
             break;

@@ -25,12 +25,6 @@ fn urls(addrs: &[SocketAddr]) -> String {
     format!("[{}]", t.join(", "))
 }
 
-/// An address nothing listens on.
-async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// Poll until `f` holds (checks every 10 ms, gives up after `limit`).
 async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -92,8 +86,10 @@ async fn a_killed_target_costs_no_request_and_comes_back() {
     assert!(until(Duration::from_secs(10), || gw.target_state("up", b.addr) == "unhealthy").await);
     let detected = killed.elapsed();
     eprintln!("killed target marked unhealthy after {detected:?} (interval 100ms × unhealthy_after 2)");
-    // interval × unhealthy_after = 200 ms, plus the ±10% jitter and scheduling slack.
-    assert!(detected < Duration::from_millis(600), "marked unhealthy after {detected:?}");
+    // interval × unhealthy_after = 200 ms, plus the ±10% jitter and scheduling slack (the
+    // same two threads run 32 clients, three upstreams and the gateway). Passive detection
+    // alone would not do it: every request that reaches b is retried elsewhere, not counted.
+    assert!(detected < Duration::from_secs(3), "marked unhealthy after {detected:?}");
     let st = gw.upstream_status("up");
     let bt =
         st["targets"].as_array().expect("targets").iter().find(|t| t["url"] == format!("http://{}", b.addr)).cloned();
@@ -117,8 +113,8 @@ async fn a_killed_target_costs_no_request_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_serve_when_primaries_are_down_and_nothing_healthy_is_a_fast_503() {
-    let p1 = dead_addr().await;
-    let p2 = dead_addr().await;
+    let (dead1, dead2) = (dead_port(), dead_port());
+    let (p1, p2) = (dead1.addr, dead2.addr);
     let backup = TestUpstream::start("backup").await;
     let up = format!(
         "    targets: {}\n    backup: {}\n    health:\n      active: {{ path: /healthz, interval: 100ms, timeout: 300ms, healthy_after: 1, unhealthy_after: 1 }}",
@@ -133,6 +129,9 @@ async fn backups_serve_when_primaries_are_down_and_nothing_healthy_is_a_fast_503
     backup.stop();
     assert!(until(Duration::from_secs(10), || gw.upstream_status("up")["serving"] == "none").await);
     let cl = client();
+    // The first request also opens the connection; the ones timed below only wait for the answer.
+    let warm = cl.request(Request::get(gw.url("/x")).body(full("")).expect("req")).await.expect("response");
+    assert_eq!(warm.status(), 503);
     for _ in 0..5 {
         let started = Instant::now();
         let res = cl.request(Request::get(gw.url("/x")).body(full("")).expect("req")).await.expect("response");
@@ -143,7 +142,9 @@ async fn backups_serve_when_primaries_are_down_and_nothing_healthy_is_a_fast_503
         let p = problem(status, &headers, &String::from_utf8_lossy(&body));
         assert_eq!(status, 503);
         assert_eq!(p["detail"], "no healthy upstream target is available");
-        assert!(took < Duration::from_millis(50), "503 took {took:?}");
+        // Nothing is tried and nothing waits (no retry backoff, no queue): a generous bound
+        // for a loaded machine that still catches a wait of connect or retry timeouts.
+        assert!(took < Duration::from_millis(500), "503 took {took:?}");
     }
 }
 
@@ -153,14 +154,16 @@ async fn passive_detection_ejects_a_failing_target_and_lets_it_back() {
     let good2 = TestUpstream::start("good2").await;
     let bad = TestUpstream::start("bad").await;
     bad.fail_status.store(500, Ordering::SeqCst);
+    // eject_for is far longer than the requests below take, so the target cannot come back
+    // while they run, however slow the machine.
     let up = format!(
-        "    targets: {}\n    health:\n      passive: {{ consecutive_failures: 3, eject_for: 1s }}",
+        "    targets: {}\n    health:\n      passive: {{ consecutive_failures: 3, eject_for: 5s }}",
         urls(&[good1.addr, good2.addr, bad.addr])
     );
     let gw = TestGateway::start(&config(&up, "")).await;
     let cl = client();
     let mut errors = 0;
-    for _ in 0..90 {
+    for _ in 0..45 {
         let res = cl.request(Request::get(gw.url("/p")).body(full("")).expect("req")).await.expect("response");
         if res.status() != 200 {
             errors += 1;
@@ -176,7 +179,7 @@ async fn passive_detection_ejects_a_failing_target_and_lets_it_back() {
     assert!(t["ejected_until"].is_string(), "{t}");
     // Back after eject_for; healthy again once it answers well.
     bad.fail_status.store(0, Ordering::SeqCst);
-    assert!(until(Duration::from_secs(5), || gw.target_state("up", bad.addr) == "healthy").await);
+    assert!(until(Duration::from_secs(20), || gw.target_state("up", bad.addr) == "healthy").await);
     for _ in 0..30 {
         let (status, _, _) = get(&gw.url("/p")).await;
         assert_eq!(status, 200);
@@ -275,7 +278,8 @@ async fn a_kept_body_is_replayed_on_another_target_and_a_big_one_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breaker_refuses_beyond_connections_and_pending() {
     let slow = TestUpstream::start("slow").await;
-    slow.delay_ms.store(400, Ordering::SeqCst);
+    // Long enough that all six requests reach the gateway while the first two are in flight.
+    slow.delay_ms.store(2_000, Ordering::SeqCst);
     let up = format!("    targets: {}\n    limits: {{ max_connections: 2, max_pending: 1 }}", urls(&[slow.addr]));
     let gw = TestGateway::start(&config(&up, "")).await;
     let mut tasks = Vec::new();
@@ -306,7 +310,8 @@ async fn circuit_breaker_refuses_beyond_connections_and_pending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_survives_a_reload_and_probes_follow_the_new_config() {
     let good = TestUpstream::start("good").await;
-    let dead = dead_addr().await;
+    let dead_port = dead_port();
+    let dead = dead_port.addr;
     let probe = |interval: &str| {
         format!(
             "    targets: {}\n    health:\n      active: {{ path: /healthz, interval: {interval}, timeout: 300ms, healthy_after: 1, unhealthy_after: 1 }}",
@@ -377,16 +382,24 @@ async fn admin_api_needs_its_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_no_while_draining() {
     let slow = TestUpstream::start("slow").await;
-    slow.delay_ms.store(600, Ordering::SeqCst);
+    // The in-flight request keeps the drain (and the admin API) going while /readyz is asked.
+    slow.delay_ms.store(3_000, Ordering::SeqCst);
     let gw = TestGateway::start(&config(&format!("    targets: {}", urls(&[slow.addr])), "")).await;
     let url = gw.url("/slow");
     let inflight = tokio::spawn(async move { get(&url).await.0 });
     assert!(until(Duration::from_secs(5), || slow.count() == 1).await);
     let g = gw.gw.clone();
-    let drain = tokio::spawn(async move { g.shutdown(Duration::from_secs(5)).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (s, v) = gw.admin_get("/readyz", None).await;
-    assert_eq!((s, v["status"].as_u64()), (503, Some(503)));
+    let drain = tokio::spawn(async move { g.shutdown(Duration::from_secs(10)).await });
+    let mut ready = (0, None);
+    for _ in 0..100 {
+        let (s, v) = gw.admin_get("/readyz", None).await;
+        ready = (s, v["status"].as_u64());
+        if s == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, (503, Some(503)));
     assert_eq!(inflight.await.expect("task"), 200);
     assert!(drain.await.expect("task"), "drained");
 }

@@ -820,10 +820,8 @@ async fn cached_keys_keep_working_while_the_jwks_server_is_down() {
 #[tokio::test]
 async fn no_key_ever_fetched_is_503_not_401() {
     let up = TestUpstream::start("app").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    }; // closed again: connection refused
+    let dead_port = dead_port();
+    let dead = dead_port.addr;
     let src = format!("jwks_url: \"http://{dead}/jwks.json\"");
     let gw = TestGateway::start(&config(up.addr, &src, "RS256", &[], "")).await;
     let k1 = RsaKey::new("k1");

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMITS: &str = "header_timeout: 300ms, idle_timeout: 300ms, body_timeout: 500ms, max_header_bytes: 2KiB, max_body_bytes: 1KiB, max_connections_per_ip: 4";
@@ -190,7 +191,11 @@ async fn invalid_paths_are_400_problem_json() {
 
 #[tokio::test]
 async fn connections_per_ip_are_capped() {
-    let (_up, gw) = setup().await;
+    // A long idle timeout: a held connection must not be closed by it while the test runs.
+    let up = TestUpstream::start("a").await;
+    let gw =
+        TestGateway::start(&simple_config(&[up.addr], &LIMITS.replace("idle_timeout: 300ms", "idle_timeout: 30s"), ""))
+            .await;
     let mut held = Vec::new();
     for _ in 0..4 {
         let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
@@ -207,10 +212,18 @@ async fn connections_per_ip_are_capped() {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed").unwrap_or(0);
     assert_eq!(n, 0);
     drop(held);
-    // and once they close, new connections are served again
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, _, _) = get(&gw.url("/")).await;
-    assert_eq!(status, 200);
+    // and once they close (the gateway sees it when it next reads), new connections are
+    // served again
+    let mut status = None;
+    for _ in 0..100 {
+        let req = Request::get(gw.url("/")).body(full("")).expect("req");
+        status = client().request(req).await.ok().map(|r| r.status().as_u16());
+        if status == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, Some(200));
 }
 
 #[tokio::test]

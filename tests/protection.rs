@@ -155,7 +155,12 @@ async fn twenty_bad_keys_ban_the_ip_until_ban_for_while_others_are_served() {
     for _ in 0..25 {
         assert_eq!(call_from(&attacker, &url("/api/x"), None).await.0, 401);
     }
+    // The ban starts with the 20th bad key: no sooner than this instant.
+    let mut before_ban = Instant::now();
     for i in 0..20 {
+        if i == 19 {
+            before_ban = Instant::now();
+        }
         assert_eq!(call_from(&attacker, &url("/api/x"), Some(BAD_KEY)).await.0, 401, "bad key {i}");
     }
     // The 21st: on the kept-alive connection, refused per request with 403 problem+json...
@@ -181,14 +186,14 @@ async fn twenty_bad_keys_ban_the_ip_until_ban_for_while_others_are_served() {
     assert!(metric_sum(&text, "portcullis_blocked_total", &[("reason", "banned"), ("stage", "request")]) >= 1.0);
 
     // Released after ban_for (2 s), not before.
-    let banned_at = Instant::now();
     let fresh = || client_from(ATTACKER);
     assert!(
         eventually(Duration::from_secs(10), async || call_from(&fresh(), &url("/open/back"), None).await.0 == 200)
             .await,
         "the ban never ended"
     );
-    assert!(banned_at.elapsed() >= Duration::from_millis(1_500), "released early: {:?}", banned_at.elapsed());
+    let lasted = before_ban.elapsed();
+    assert!(lasted >= Duration::from_millis(1_900), "released early: {lasted:?}");
 
     // A repeat offender is banned twice as long.
     let again = client_from(ATTACKER);
@@ -496,9 +501,11 @@ async fn the_admitted_rate_over_ten_seconds_is_the_configured_rate() {
     let admitted = admitted.load(Ordering::SeqCst) as f64;
     let expected = 40.0 * secs + 20.0;
     assert!(refused.load(Ordering::SeqCst) > 100, "the client was not above the rate");
+    // Never more than the rate allows (the limiter's promise); a stalled client thread can
+    // only take fewer, so the lower bound has room for a loaded machine.
     assert!(
-        (admitted - expected).abs() <= expected * 0.05,
-        "admitted {admitted} in {secs:.2} s; expected {expected:.0} ± 5%"
+        admitted <= expected * 1.05 && admitted >= expected * 0.85,
+        "admitted {admitted} in {secs:.2} s; expected {expected:.0} (+5% / -15%)"
     );
 }
 

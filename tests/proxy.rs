@@ -117,8 +117,8 @@ async fn no_route_is_404_problem_json() {
 
 #[tokio::test]
 async fn dead_upstream_is_502_without_internal_addresses() {
-    // a port that was just free: nothing listens there
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let dead_port = dead_port();
+    let dead = dead_port.addr;
     let gw = TestGateway::start(&simple_config(&[dead], "", "")).await;
     let (status, headers, body) = get(&gw.url("/x")).await;
     problem(status, &headers, &body);

@@ -161,7 +161,8 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
     let b = TestUpstream::start("b").await;
     let gw = TestGateway::start(&simple_config(&[a.addr], "", "")).await;
     tokio::spawn(portcullis::server::watch_config(gw.gw.clone(), None));
-    tokio::time::sleep(Duration::from_millis(100)).await; // let the watcher register
+    // No wait for the watch to be registered: a change made before it is found by the
+    // watcher's first look.
     std::fs::write(&gw.path, simple_config(&[b.addr], "", "")).expect("write");
     let mut version = 1;
     for _ in 0..200 {

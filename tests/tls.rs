@@ -420,14 +420,24 @@ async fn upstreams_over_tls_are_verified_and_get_the_gateways_certificate() {
     assert!(probes_only <= 30, "{probes_only}");
 
     // Health probes speak TLS too: the good upstreams are healthy, the refused ones not.
-    tokio::time::sleep(Duration::from_millis(800)).await;
     let state = |n: &str| gw.upstream_status(n)["targets"][0]["state"].as_str().unwrap_or("").to_string();
-    for n in ["auto", "h1", "h2"] {
-        assert_eq!(state(n), "healthy", "{n}");
+    let expected = [
+        ("auto", "healthy"),
+        ("h1", "healthy"),
+        ("h2", "healthy"),
+        ("other_ca", "unhealthy"),
+        ("no_name", "unhealthy"),
+        ("no_cert", "unhealthy"),
+    ];
+    let mut states = Vec::new();
+    for _ in 0..200 {
+        states = expected.iter().map(|(n, _)| (*n, state(n))).collect::<Vec<_>>();
+        if states.iter().zip(&expected).all(|((_, got), (_, want))| got == want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for n in ["other_ca", "no_name", "no_cert"] {
-        assert_eq!(state(n), "unhealthy", "{n}");
-    }
+    assert_eq!(states, expected.iter().map(|(n, w)| (*n, w.to_string())).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -202,7 +202,8 @@ async fn sampling_follows_the_parent_and_the_ratio() {
 #[tokio::test]
 async fn a_dead_collector_costs_spans_not_requests() {
     let up = TestUpstream::start("app").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let dead_port = dead_port();
+    let dead = dead_port.addr;
     let yaml = config(up.addr, dead, "1")
         .replace("listeners:", "admin: { bind: \"127.0.0.1:0\", public_metrics: true }\nlisteners:");
     let gw = TestGateway::start(&yaml).await;

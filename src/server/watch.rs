@@ -53,7 +53,7 @@ pub async fn watch_config(gw: Gateway, mut hup: Option<tokio::signal::unix::Sign
             let _ = tx.try_send(());
         }
     });
-    let _watcher = match watcher {
+    let watcher = match watcher {
         Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => Some(w),
             Err(e) => {
@@ -66,6 +66,11 @@ pub async fn watch_config(gw: Gateway, mut hup: Option<tokio::signal::unix::Sign
             None
         }
     };
+    if watcher.is_some() {
+        // A change made between the start (or the last apply) and the watch taking effect
+        // raised no event: look once. An unchanged file costs a read and a parse, no apply.
+        log_result("file", gw.reload().await);
+    }
     let shutdown = gw.inner.shared.shutdown.clone();
     loop {
         tokio::select! {

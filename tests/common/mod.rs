@@ -23,6 +23,21 @@ use tokio::net::TcpListener;
 pub mod h2;
 pub mod pki;
 
+/// A port on 127.0.0.1 where a connection is refused, held for as long as this lives: the
+/// socket is bound but never listens, so no other test can take the port meanwhile (a port
+/// bound and closed again could be taken by a test running in parallel).
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+pub fn dead_port() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    DeadPort { _socket: socket, addr }
+}
+
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(b: impl Into<Bytes>) -> TestBody {
@@ -67,9 +82,16 @@ impl TestUpstream {
         Self::serve(l, name).await
     }
 
+    /// Start again on the address of a stopped upstream. The port may be briefly held (by the
+    /// old listener's task winding down, or by a test running in parallel): retry for 5 s.
     pub async fn start_on(addr: SocketAddr, name: &str) -> TestUpstream {
-        let l = TcpListener::bind(addr).await.expect("bind upstream");
-        Self::serve(l, name).await
+        for _ in 0..50 {
+            if let Ok(l) = TcpListener::bind(addr).await {
+                return Self::serve(l, name).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot bind {addr} again");
     }
 
     async fn serve(l: TcpListener, name: &str) -> TestUpstream {
