@@ -159,10 +159,21 @@ async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
 async fn a_changed_file_is_picked_up_by_the_watcher() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let gw = TestGateway::start(&simple_config(&[a.addr], "", "")).await;
+    // Started as the CLI starts it, knowing the text it came from: the watcher's first look
+    // applies the file only if it changed. (Started without it, as `TestGateway::start` does,
+    // that look would apply the old file as version 2 whenever it reads before the write
+    // below, and the change would land later as version 3.)
+    let dir = scratch_dir();
+    let path = dir.join("gw.yaml");
+    let text = simple_config(&[a.addr], "", "");
+    std::fs::write(&path, &text).expect("write");
+    let cfg = portcullis::config::parse("gw.yaml", &text).expect("config");
+    let hash = portcullis::server::source_hash(&text, &cfg);
+    let gw = portcullis::server::Gateway::start_from(cfg, Some(path.clone()), hash).await.expect("start");
+    let gw = TestGateway { gw, path };
     tokio::spawn(portcullis::server::watch_config(gw.gw.clone(), None));
     // No wait for the watch to be registered: a change made before it is found by the
-    // watcher's first look.
+    // watcher's first look, one made after it raises an event.
     std::fs::write(&gw.path, simple_config(&[b.addr], "", "")).expect("write");
     let mut version = 1;
     for _ in 0..200 {
@@ -186,12 +197,26 @@ fn named_listener(name: &str, port: u16, up: std::net::SocketAddr) -> String {
 #[tokio::test]
 async fn renaming_a_listener_keeps_its_socket_and_connections() {
     let a = TestUpstream::start("a").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let dir = scratch_dir();
     let path = dir.join("gw.yaml");
-    std::fs::write(&path, named_listener("public", port, a.addr)).expect("write");
-    let cfg = portcullis::config::load(&path).expect("config");
-    let gw = portcullis::server::Gateway::start(cfg, Some(path.clone())).await.expect("start");
+    // A fixed port (a rename keeps the socket only for one): a port found free and released
+    // again may be taken by a test running in parallel before the gateway binds it, so a
+    // failed bind tries another.
+    let mut started = None;
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        std::fs::write(&path, named_listener("public", port, a.addr)).expect("write");
+        let cfg = portcullis::config::load(&path).expect("config");
+        match portcullis::server::Gateway::start(cfg, Some(path.clone())).await {
+            Ok(gw) => {
+                started = Some((gw, port));
+                break;
+            }
+            Err(e @ portcullis::server::GatewayStartError::Bind { .. }) => eprintln!("{e}; another port"),
+            Err(e) => panic!("start: {e}"),
+        }
+    }
+    let (gw, port) = started.expect("no free port to start on");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
     assert!(get_on(&mut kept).await.starts_with("HTTP/1.1 200"));
