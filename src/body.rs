@@ -87,21 +87,44 @@ impl Drop for Finish {
 
 /// Marks the response finished on the connection when dropped: made when a request starts,
 /// carried by its response body, and dropped when that body is fully written or abandoned
-/// (or with the request, if it is cancelled first), so the counters never drift.
+/// (or with the request, if it is cancelled first), so the counters never drift. On HTTP/2
+/// it also counts the body's waits for the client ([`ConnState::body_waits`]).
 #[derive(Debug)]
-pub(crate) struct Done(Arc<ConnState>);
+pub(crate) struct Done {
+    conn: Arc<ConnState>,
+    /// The body is counted as waiting for the client.
+    waiting: bool,
+}
 
 impl Done {
     /// A request started on this connection.
     pub(crate) fn start(conn: &Arc<ConnState>) -> Done {
         conn.request_started();
-        Done(conn.clone())
+        Done { conn: conn.clone(), waiting: false }
+    }
+
+    /// The body has something to send: on HTTP/2, count it as waiting for the client until
+    /// it is polled again.
+    fn wait(&mut self) {
+        if !self.waiting && self.conn.is_h2() {
+            self.waiting = true;
+            self.conn.body_waits();
+        }
+    }
+
+    /// The body was polled: whatever it waited for, the client let it go on.
+    fn resume(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.conn.body_resumes();
+        }
     }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.0.response_finished();
+        self.resume();
+        self.conn.response_finished();
     }
 }
 
@@ -118,7 +141,10 @@ impl GwBody {
         GwBody { kind: Kind::Upstream(b, loan, stall), done: None, finish: None }
     }
 
-    pub(crate) fn track(&mut self, done: Done) {
+    pub(crate) fn track(&mut self, mut done: Done) {
+        if !self.is_end_stream() {
+            done.wait();
+        }
         self.done = Some(done);
     }
 
@@ -170,12 +196,21 @@ impl Body for GwBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(d) = &mut self.done {
+            d.resume();
+        }
         let r = self.as_mut().poll_inner(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r
-            && let Some(d) = f.data_ref()
-            && let Some(fin) = &mut self.finish
-        {
-            fin.bytes_out += d.len() as u64;
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref()
+                && let Some(fin) = &mut self.finish
+            {
+                fin.bytes_out += d.len() as u64;
+            }
+            if !self.is_end_stream()
+                && let Some(d) = &mut self.done
+            {
+                d.wait();
+            }
         }
         r
     }

@@ -857,3 +857,70 @@ async fn concurrent_streams_are_capped() {
     assert!(o.reset_count(REFUSED_STREAM) <= 1024, "{}", o.summary());
     rss.assert_bounded("concurrent streams");
 }
+
+// ---------------------------------------------------------------------------------------
+// 6. Slow readers (CVE-2019-9511 / CVE-2019-9517 shapes)
+// ---------------------------------------------------------------------------------------
+
+/// A client that answers nothing but takes no response data (it grants no flow-control
+/// window, or stops granting it once the first 64 KiB are in) holds a stream, and the
+/// upstream connection behind it, for as long as it likes unless the gateway cuts it: a
+/// response that waited for the client over a whole `idle_timeout` closes the connection,
+/// as HTTP/1's write-stall cut does. A response the *upstream* pauses is not the client's
+/// fault and must go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_are_cut_off_and_slow_upstreams_are_not() {
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let _serial = SERIAL.lock().await;
+    let up = TestUpstream::start("a").await;
+    let yaml = simple_config(&[up.addr], "idle_timeout: 300ms", "")
+        .replace("listeners:", "admin: { bind: \"127.0.0.1:0\", public_metrics: true }\nlisteners:");
+    let gw = TestGateway::start(&yaml).await;
+    let metrics = format!("http://{}/metrics", gw.gw.admin_addr().expect("admin"));
+    let stalled = async || {
+        let (_, _, text) = get(&metrics).await;
+        metric_sum(&text, "portcullis_h2_stalled_connections_closed_total", &[])
+    };
+
+    // A response paused by the upstream for 5 × idle_timeout: delivered whole.
+    let mut hello = preface();
+    headers(&mut hello, 1, END_HEADERS | END_STREAM, &request_block(false, "/stall/1500"));
+    let t0 = Instant::now();
+    let (r, mut w) = connect(gw.addr()).await;
+    let obs = spawn_reader(r, t0);
+    w.write_all(&hello).await.expect("write");
+    let ended = wait_for(&obs, PHASE, |o| o.ended.contains(&1) || o.closed.is_some()).await;
+    {
+        let o = obs.lock();
+        assert!(ended && o.ended.contains(&1) && o.closed.is_none(), "a paused upstream body was cut: {}", o.summary());
+        assert_eq!(o.responses.get(&1), Some(&0x88), "{}", o.summary());
+    }
+    drop(w);
+    assert_eq!(stalled().await, 0.0);
+
+    // No window at all, and a window used up after 64 KiB of a 1 MiB body.
+    let shapes: [(&str, &[(u16, u32)]); 2] =
+        [("zero initial window", &[(INITIAL_WINDOW_SIZE, 0)]), ("window never updated", &[])];
+    for (n, (name, params)) in shapes.into_iter().enumerate() {
+        let mut hello = PREFACE.to_vec();
+        settings(&mut hello, params);
+        headers(&mut hello, 1, END_HEADERS | END_STREAM, &request_block(false, "/big/1"));
+        let t0 = Instant::now();
+        let (r, mut w) = connect(gw.addr()).await;
+        let obs = spawn_reader(r, t0);
+        w.write_all(&hello).await.expect("write");
+        let closed = wait_for(&obs, PHASE, |o| o.closed.is_some()).await;
+        {
+            let o = obs.lock();
+            eprintln!("slow reader, {name}: {}", o.summary());
+            assert!(closed, "{name}: a client taking no data kept its stream: {}", o.summary());
+            assert_eq!(o.responses.get(&1), Some(&0x88), "{name}: {}", o.summary());
+            assert!(!o.ended.contains(&1), "{name}: {}", o.summary());
+            let at = o.closed.as_ref().map(|c| c.0).unwrap_or_default();
+            assert!(at >= Duration::from_millis(300), "{name}: closed before idle_timeout: {at:?}");
+        }
+        drop(w);
+        assert_eq!(stalled().await, (n + 1) as f64, "{name}");
+    }
+    assert_served(&gw, "after slow readers").await;
+}

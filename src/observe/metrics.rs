@@ -123,6 +123,9 @@ pub struct Metrics {
     pub access_log_written: AtomicU64,
     /// HTTP/2 connections closed because their client cancelled most of its requests.
     pub h2_abusive_closes: AtomicU64,
+    /// HTTP/2 connections closed because their client took no response bytes for a whole
+    /// `idle_timeout` while a response waited for it.
+    pub h2_stalled_closes: AtomicU64,
     /// TLS handshakes completed on listeners.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed (bad or missing client certificate, protocol errors,
@@ -206,6 +209,12 @@ impl Metrics {
             "portcullis_h2_abusive_connections_closed_total",
             "HTTP/2 connections closed because their client cancelled most of its requests (rapid reset).",
             self.h2_abusive_closes.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "portcullis_h2_stalled_connections_closed_total",
+            "HTTP/2 connections closed because their client took no response bytes for a whole idle_timeout (slow reader).",
+            self.h2_stalled_closes.load(Ordering::Relaxed),
         );
         let _ = write!(
             out,

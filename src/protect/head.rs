@@ -49,6 +49,12 @@ pub(crate) struct ConnState {
     /// and the signal that the connection should close for it.
     cancels: parking_lot::Mutex<CancelWindow>,
     abusive: tokio::sync::Notify,
+    /// HTTP/2 only: response bodies that have something to send and wait for the client to
+    /// take it (to grant flow-control window), and how many such waits have ended. See
+    /// [`ConnState::client_waits`]. (HTTP/1 has the guard's write-stall cut instead.)
+    h2: bool,
+    awaiting: AtomicU64,
+    resumed: AtomicU64,
 }
 
 /// Cancellations counted over a window of `CANCEL_WINDOW`.
@@ -68,6 +74,30 @@ const CANCEL_FLOOR: u64 = 200;
 const CANCEL_WINDOW_NS: u64 = 10_000_000_000;
 
 impl ConnState {
+    /// The state of an HTTP/2 connection, whose response bodies count their waits for the
+    /// client.
+    pub(crate) fn h2() -> ConnState {
+        ConnState { h2: true, ..ConnState::default() }
+    }
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2
+    }
+    /// A response body has something to send (its head was just answered, or it gave a
+    /// frame and is not at its end) and is polled again only when the client lets it.
+    pub(crate) fn body_waits(&self) {
+        self.awaiting.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A wait [`ConnState::body_waits`] counted is over: the body was polled again, or dropped.
+    pub(crate) fn body_resumes(&self) {
+        self.awaiting.fetch_sub(1, Ordering::Relaxed);
+        self.resumed.fetch_add(1, Ordering::Relaxed);
+    }
+    /// (bodies waiting for the client now, waits ended so far). Two readings a time apart
+    /// with bodies waiting at both and the same second figure mean that some body waited
+    /// for the client all that time (none of those waiting at the first reading resumed).
+    pub(crate) fn client_waits(&self) -> (u64, u64) {
+        (self.awaiting.load(Ordering::Relaxed), self.resumed.load(Ordering::Relaxed))
+    }
     /// A request head was parsed and handed to the pipeline.
     pub(crate) fn request_started(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);

@@ -219,8 +219,9 @@ where
     };
     let io = Rewind { prefix, inner: io };
     let limits = conn.limits;
-    // The same counters as HTTP/1, here counting open streams for the idle timeout.
-    let state = Arc::new(ConnState::default());
+    // The same counters as HTTP/1, here counting open streams for the idle timeout, and
+    // the response bodies waiting for the client to take their bytes.
+    let state = Arc::new(ConnState::h2());
     let ctx = conn.ctx(state.clone(), false);
     let svc = service_fn(move |req| handle(ctx.clone(), req));
     let mut b = http2::Builder::new(TokioExecutor::new());
@@ -240,6 +241,11 @@ where
     // Idle: no stream open and none started or finished over a whole idle_timeout
     // (so a connection closes between 1x and 2x idle_timeout after its last stream).
     let mut seen = state.counters();
+    // Slow reader: a response body that has waited for the client (for flow-control
+    // window, or for the socket to drain) over a whole idle_timeout closes the connection,
+    // as HTTP/1's write-stall cut does (CVE-2019-9511 / 9517 shapes: the client answers
+    // PINGs but takes no data).
+    let mut waits_seen = None;
     let idle = loop {
         tokio::select! {
             _ = h2.as_mut() => return,
@@ -256,6 +262,13 @@ where
                     break true;
                 }
                 seen = now;
+                let (waiting, resumed) = state.client_waits();
+                if waiting > 0 && waits_seen == Some(resumed) {
+                    conn.gw.shared.metrics.h2_stalled_closes.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client = %conn.peer, "HTTP/2 client took no response bytes for idle_timeout; closing the connection");
+                    return;
+                }
+                waits_seen = (waiting > 0).then_some(resumed);
             }
         }
     };
