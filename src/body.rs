@@ -206,9 +206,9 @@ impl Body for GwBody {
             {
                 fin.bytes_out += d.len() as u64;
             }
-            if !self.is_end_stream()
-                && let Some(d) = &mut self.done
-            {
+            // Even the last frame: hyper holds it until the client grants window, and the
+            // wait ends when hyper drops the finished body.
+            if let Some(d) = &mut self.done {
                 d.wait();
             }
         }

@@ -83,7 +83,8 @@ impl ConnState {
         self.h2
     }
     /// A response body has something to send (its head was just answered, or it gave a
-    /// frame and is not at its end) and is polled again only when the client lets it.
+    /// frame that hyper holds until the client grants window) and is polled again, or
+    /// dropped as finished, only when the client lets it.
     pub(crate) fn body_waits(&self) {
         self.awaiting.fetch_add(1, Ordering::Relaxed);
     }
