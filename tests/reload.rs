@@ -163,13 +163,7 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
     // applies the file only if it changed. (Started without it, as `TestGateway::start` does,
     // that look would apply the old file as version 2 whenever it reads before the write
     // below, and the change would land later as version 3.)
-    let dir = scratch_dir();
-    let path = dir.join("gw.yaml");
-    let text = simple_config(&[a.addr], "", "");
-    std::fs::write(&path, &text).expect("write");
-    let cfg = portcullis::config::parse("gw.yaml", &text).expect("config");
-    let hash = portcullis::server::source_hash(&text, &cfg);
-    let gw = portcullis::server::Gateway::start_from(cfg, Some(path.clone()), hash).await.expect("start");
+    let (gw, path) = start_from_file(&simple_config(&[a.addr], "", "")).await;
     let gw = TestGateway { gw, path };
     tokio::spawn(portcullis::server::watch_config(gw.gw.clone(), None));
     // No wait for the watch to be registered: a change made before it is found by the
@@ -243,14 +237,20 @@ async fn renaming_a_listener_keeps_its_socket_and_connections() {
 #[tokio::test]
 async fn reloading_the_file_it_started_from_is_no_new_version() {
     let a = TestUpstream::start("a").await;
-    let dir = scratch_dir();
-    let path = dir.join("gw.yaml");
     let text = simple_config(&[a.addr], "", "");
-    std::fs::write(&path, &text).expect("write");
-    let cfg = portcullis::config::parse("gw.yaml", &text).expect("config");
-    let hash = portcullis::server::source_hash(&text, &cfg);
-    let gw = portcullis::server::Gateway::start_from(cfg, Some(path.clone()), hash).await.expect("start");
+    let (gw, path) = start_from_file(&text).await;
     assert_eq!(gw.reload().await.expect("reload"), Reloaded::Unchanged(1));
     std::fs::write(&path, text.replace("shutdown_grace: 5s", "shutdown_grace: 6s")).expect("write");
     assert_eq!(gw.reload().await.expect("reload"), Reloaded::Applied(2));
+}
+
+/// A gateway started from `text` written to a file, as the CLI starts one: knowing the hash
+/// of the text it came from, so reloading an unchanged file is no new version.
+async fn start_from_file(text: &str) -> (portcullis::server::Gateway, std::path::PathBuf) {
+    let path = scratch_dir().join("gw.yaml");
+    std::fs::write(&path, text).expect("write");
+    let cfg = portcullis::config::parse("gw.yaml", text).expect("config");
+    let hash = portcullis::server::source_hash(text, &cfg);
+    let gw = portcullis::server::Gateway::start_from(cfg, Some(path.clone()), hash).await.expect("start");
+    (gw, path)
 }
